@@ -1,0 +1,282 @@
+"""Reader for a Kaggle-layout Severstal folder and writer of submissions in its sample's format.
+
+Layout: train.csv, train_images/, test_images/, sample_submission.csv. train.csv comes in two published
+formats, both accepted:
+  old  `ImageId_ClassId,EncodedPixels`   4 rows per image, empty EncodedPixels where there is no defect
+  new  `ImageId,ClassId,EncodedPixels`   defect rows only; images in train_images/ without rows are clean
+sample_submission.csv likewise (old, or new with columns in any order).
+
+The parsing functions are pure (DataFrames in, DataFrames out); `index_dataset` does the file I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from stages.core import rle
+from stages.core.errors import PipelineError, RLEError
+
+OLD_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
+NEW_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def rle_column(class_id: int) -> str:
+    return f"rle_{class_id}"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A labels CSV in long form: one row per (ImageId, ClassId) as listed in the file."""
+
+    pairs: pd.DataFrame  # ImageId, ClassId (int), EncodedPixels (str, "" = empty), line (1-based CSV line)
+    csv_format: str  # "old" | "new"
+    columns: tuple[str, ...]  # the header as written, to write submissions back in the same format
+    image_ids: tuple[str, ...]  # images in order of first appearance
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV with every cell as a string and empty cells as "" (never NaN)."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise PipelineError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+
+
+def parse_labels(frame: pd.DataFrame, source: str) -> Labels:
+    """Parse a train/sample/truth/submission CSV in either published format into long form."""
+    columns = tuple(frame.columns)
+    lines = np.arange(len(frame)) + 2  # line 1 is the header
+    if set(columns) == set(OLD_COLUMNS):
+        key = frame["ImageId_ClassId"].str.strip()
+        # reindex: on a header-only file rpartition returns no columns at all.
+        parts = key.str.rpartition("_").reindex(columns=range(3))
+        image_ids, sep, class_text = parts.to_numpy(dtype=object).T
+        bad = np.flatnonzero((sep == "") | (image_ids == ""))
+        if bad.size:
+            raise PipelineError(
+                f"{source}: line {lines[bad[0]]}: ImageId_ClassId {key.iloc[bad[0]]!r} "
+                "is not '<image>_<class>'"
+            )
+        format_name = "old"
+    elif set(columns) == set(NEW_COLUMNS):
+        image_ids = frame["ImageId"].str.strip().to_numpy()
+        class_text = frame["ClassId"].str.strip().to_numpy()
+        format_name = "new"
+    else:
+        raise PipelineError(
+            f"{source}: unknown CSV columns {list(columns)}; expected {list(OLD_COLUMNS)} (old format) "
+            f"or {list(NEW_COLUMNS)} (new format)"
+        )
+    class_ids = pd.to_numeric(pd.Series(class_text), errors="coerce").to_numpy()
+    bad = np.flatnonzero(~np.isfinite(class_ids) | (class_ids != np.round(class_ids)) | (class_ids < 0))
+    if bad.size:
+        raise PipelineError(f"{source}: line {lines[bad[0]]}: unknown ClassId {class_text[bad[0]]!r}")
+    pairs = pd.DataFrame(
+        {
+            "ImageId": image_ids.astype(str),
+            "ClassId": class_ids.astype(np.int64),
+            "EncodedPixels": frame["EncodedPixels"].str.strip().to_numpy(),
+            "line": lines,
+        }
+    )
+    order = tuple(dict.fromkeys(pairs["ImageId"]))
+    return Labels(pairs=pairs, csv_format=format_name, columns=columns, image_ids=order)
+
+
+def check_duplicates(labels: Labels, source: str) -> None:
+    duplicated = labels.pairs.duplicated(["ImageId", "ClassId"], keep="first")
+    if duplicated.any():
+        row = labels.pairs[duplicated].iloc[0]
+        first = labels.pairs[
+            (labels.pairs["ImageId"] == row["ImageId"]) & (labels.pairs["ClassId"] == row["ClassId"])
+        ].iloc[0]
+        raise PipelineError(
+            f"{source}: line {row['line']}: duplicate row for image {row['ImageId']} class {row['ClassId']} "
+            f"(first at line {first['line']})"
+        )
+
+
+def class_ids_of(labels: Labels) -> tuple[int, ...]:
+    """The defect classes a labels file declares: ClassId 0 is the placeholder some samples use."""
+    return tuple(sorted(int(c) for c in labels.pairs["ClassId"].unique() if c > 0))
+
+
+def check_classes(labels: Labels, num_classes: int, source: str, allow_placeholder: bool = False) -> None:
+    lowest = 0 if allow_placeholder else 1
+    bad = labels.pairs[(labels.pairs["ClassId"] < lowest) | (labels.pairs["ClassId"] > num_classes)]
+    if len(bad):
+        row = bad.iloc[0]
+        raise PipelineError(
+            f"{source}: line {row['line']}: unknown ClassId {row['ClassId']} (classes are 1..{num_classes})"
+        )
+
+
+def wide_table(labels: Labels, image_ids: list[str] | tuple[str, ...], num_classes: int) -> pd.DataFrame:
+    """One row per image (in the given order), one RLE column per class ("" = empty), has_defect."""
+    table = pd.DataFrame({"ImageId": list(image_ids)})
+    pairs = labels.pairs[labels.pairs["EncodedPixels"] != ""]
+    for class_id in range(1, num_classes + 1):
+        rles = pairs[pairs["ClassId"] == class_id].set_index("ImageId")["EncodedPixels"]
+        # object first: with no RLE for this class, map gives float64 NaNs, which fillna("") must not meet.
+        table[rle_column(class_id)] = table["ImageId"].map(rles).astype(object).fillna("").astype(str)
+    rle_cols = [rle_column(c) for c in range(1, num_classes + 1)]
+    present = table[rle_cols].ne("")
+    table["has_defect"] = present.any(axis=1)
+    # The set of classes present, e.g. "3" or "1_3" ("" = clean): the stratum for fold assignment.
+    table["classes"] = [
+        "_".join(str(c) for c, on in zip(range(1, num_classes + 1), flags, strict=True) if on)
+        for flags in present.to_numpy()
+    ]
+    return table
+
+
+def validate_rles(table: pd.DataFrame, num_classes: int, labels: Labels, source: str) -> None:
+    """Decode-check every RLE against its image's size (columns height, width); errors name the CSV line."""
+    line_of = labels.pairs.set_index(["ImageId", "ClassId"])["line"]
+    for class_id in range(1, num_classes + 1):
+        column = rle_column(class_id)
+        for image_id, text, height, width in table.loc[
+            table[column] != "", ["ImageId", column, "height", "width"]
+        ].itertuples(index=False):
+            try:
+                rle.parse_runs(text, int(height) * int(width))
+            except RLEError as error:
+                line = line_of.get((image_id, class_id), "?")
+                raise PipelineError(
+                    f"{source}: line {line}: bad RLE for image {image_id} class {class_id}: {error}"
+                ) from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the image file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: image listed in the CSV is missing on disk") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise PipelineError(f"{path}: unreadable image ({error})") from None
+    return height, width
+
+
+def list_images(folder: Path) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        raise PipelineError(f"{folder}: folder not found") from None
+    return sorted(name for name in names if name.lower().endswith(IMAGE_SUFFIXES))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An indexed, validated Kaggle-layout folder."""
+
+    root: Path
+    train: pd.DataFrame  # ImageId, height, width, rle_1..rle_K, has_defect, classes
+    test: pd.DataFrame  # ImageId, height, width (the sample submission's images, in its order)
+    num_classes: int
+    train_format: str
+    sample: Labels
+
+    @property
+    def train_images(self) -> Path:
+        return self.root / "train_images"
+
+    @property
+    def test_images(self) -> Path:
+        return self.root / "test_images"
+
+
+def _with_sizes(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    sizes = [image_size(folder / image_id) for image_id in table["ImageId"]]
+    table = table.copy()
+    table.insert(1, "height", np.array([s[0] for s in sizes], dtype=np.int64))
+    table.insert(2, "width", np.array([s[1] for s in sizes], dtype=np.int64))
+    return table
+
+
+def index_dataset(root: str | Path) -> Dataset:
+    """Read and validate a Kaggle-layout folder; every problem is a PipelineError naming file and row."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PipelineError(f"{root}: dataset folder not found (set data.root in params.yaml)")
+    train_csv, sample_csv = root / "train.csv", root / "sample_submission.csv"
+    train = parse_labels(read_csv(train_csv), str(train_csv))
+    sample = parse_labels(read_csv(sample_csv), str(sample_csv))
+    check_duplicates(train, str(train_csv))
+    check_duplicates(sample, str(sample_csv))
+
+    # The class count comes from the data: the sample submission's classes when it lists them (the
+    # submission must match it, so a train.csv class beyond them is an error in either format), else the
+    # highest ClassId in train.csv (an old-format train.csv lists every class for every image).
+    sample_classes = class_ids_of(sample)
+    num_classes = max(sample_classes) if sample_classes else max(class_ids_of(train), default=0)
+    if num_classes < 1:
+        raise PipelineError(f"{train_csv}: no defect class found (no ClassId >= 1)")
+    check_classes(train, num_classes, str(train_csv))
+    check_classes(sample, num_classes, str(sample_csv), allow_placeholder=True)
+
+    on_disk = list_images(root / "train_images")
+    on_disk_set, listed = set(on_disk), set(train.image_ids)
+    missing = [image_id for image_id in train.image_ids if image_id not in on_disk_set]
+    if missing:
+        row = train.pairs[train.pairs["ImageId"] == missing[0]].iloc[0]
+        raise PipelineError(
+            f"{train_csv}: line {row['line']}: image {missing[0]} is missing from {root / 'train_images'}"
+        )
+    # Images on disk without rows are clean (the new format lists defect rows only).
+    image_ids = list(train.image_ids) + [name for name in on_disk if name not in listed]
+    train_table = _with_sizes(wide_table(train, sorted(image_ids), num_classes), root / "train_images")
+    validate_rles(train_table, num_classes, train, str(train_csv))
+
+    test_dir = root / "test_images"
+    test_on_disk = set(list_images(test_dir))
+    absent = [image_id for image_id in sample.image_ids if image_id not in test_on_disk]
+    if absent:
+        row = sample.pairs[sample.pairs["ImageId"] == absent[0]].iloc[0]
+        raise PipelineError(f"{sample_csv}: line {row['line']}: image {absent[0]} is missing from {test_dir}")
+    test_table = _with_sizes(pd.DataFrame({"ImageId": list(sample.image_ids)}), test_dir)
+    return Dataset(
+        root=root,
+        train=train_table,
+        test=test_table,
+        num_classes=num_classes,
+        train_format=train.csv_format,
+        sample=sample,
+    )
+
+
+def submission_frame(predictions: pd.DataFrame, sample: Labels, num_classes: int) -> pd.DataFrame:
+    """A submission in the sample submission's format: every sample image with every class exactly once.
+
+    `predictions` has ImageId and rle_1..rle_K ("" = no defect); images missing from it get empty masks.
+    """
+    unknown = sorted(set(predictions["ImageId"]) - set(sample.image_ids))
+    if unknown:
+        raise PipelineError(f"predictions for image {unknown[0]} which the sample submission does not list")
+    repeated = predictions["ImageId"][predictions["ImageId"].duplicated()]
+    if len(repeated):
+        raise PipelineError(f"predictions list image {repeated.iloc[0]} more than once")
+    rows = pd.DataFrame({"ImageId": list(sample.image_ids)}).merge(predictions, on="ImageId", how="left")
+    long = rows.melt(
+        id_vars="ImageId",
+        value_vars=[rle_column(c) for c in range(1, num_classes + 1)],
+        var_name="ClassId",
+        value_name="EncodedPixels",
+    )
+    long["ClassId"] = long["ClassId"].str.removeprefix("rle_").astype(int)
+    long["EncodedPixels"] = long["EncodedPixels"].astype(object).fillna("").astype(str)
+    order = {image_id: i for i, image_id in enumerate(sample.image_ids)}
+    long = long.sort_values(["ImageId", "ClassId"], key=lambda s: s.map(order) if s.name == "ImageId" else s)
+    if sample.csv_format == "old":
+        long["ImageId_ClassId"] = long["ImageId"] + "_" + long["ClassId"].astype(str)
+    return long[list(sample.columns)].reset_index(drop=True)

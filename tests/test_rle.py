@@ -1,0 +1,229 @@
+"""The RLE codec: competition convention (1-based, column-major, "start length" pairs), round trips,
+real fixture strings and every validation error."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from stages.core import rle
+from stages.core.errors import PipelineError, RLEError
+from tests.helpers import OLD_FIXTURE, read_fixture_rows
+
+WELL_FORMED = re.compile(r"(?:[1-9][0-9]* [1-9][0-9]*(?: [1-9][0-9]* [1-9][0-9]*)*)?")
+SHAPES = [(1, 1), (1, 7), (7, 1), (3, 2), (5, 9), (256, 1600)]
+
+
+def reference_encode(mask: np.ndarray) -> str:
+    """The widely used Kaggle kernel's mask2rle, as an independent oracle."""
+    pixels = np.concatenate([[0], (mask.T.flatten() != 0).astype(np.int64), [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+@st.composite
+def masks(draw: st.DrawFn) -> np.ndarray:
+    """Masks of any shape from 1x1 to 40x60 with any density, from all-empty to all-full."""
+    height, width = draw(st.integers(1, 40)), draw(st.integers(1, 60))
+    kind = draw(st.sampled_from(["bits", "dense", "blobs"]))
+    if kind == "bits":
+        return draw(arrays(np.uint8, (height, width), elements=st.integers(0, 1)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "dense":
+        return (rng.random((height, width)) < draw(st.floats(0, 1))).astype(np.uint8)
+    # Blobs: a few filled rectangles, so long runs cross column boundaries.
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for _ in range(draw(st.integers(0, 4))):
+        top, left = rng.integers(0, height), rng.integers(0, width)
+        mask[top : top + rng.integers(1, height + 1), left : left + rng.integers(1, width + 1)] = 1
+    return mask
+
+
+@settings(max_examples=150, deadline=None)
+@given(masks())
+def test_round_trip_and_oracle(mask: np.ndarray) -> None:
+    text = rle.encode(mask)
+    assert text == reference_encode(mask)
+    decoded = rle.decode(text, mask.shape)
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, mask)
+    assert rle.area(text) == int(mask.sum())
+
+
+@settings(max_examples=100, deadline=None)
+@given(masks())
+def test_encoded_output_is_canonical(mask: np.ndarray) -> None:
+    text = rle.encode(mask)
+    assert WELL_FORMED.fullmatch(text), text  # single spaces, no leading/trailing space, positive integers
+    starts, lengths = rle.parse_runs(text, mask.size)
+    # Maximal runs: sorted with at least one unset pixel between consecutive runs.
+    assert (starts[1:] > starts[:-1] + lengths[:-1]).all()
+    assert (text == "") == (not mask.any())
+
+
+@settings(max_examples=60, deadline=None)
+@given(masks(), st.sampled_from([np.bool_, np.uint8, np.int32, np.float32]), st.integers(1, 255))
+def test_any_nonzero_value_is_set(mask: np.ndarray, dtype: type, value: int) -> None:
+    assert rle.encode((mask * value).astype(dtype)) == rle.encode(mask)
+
+
+def test_column_major_hand_example() -> None:
+    # Numbering, column-major:  1 4
+    #                           2 5
+    #                           3 6
+    mask = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.uint8)
+    assert rle.encode(mask) == "1 2 6 1"
+    np.testing.assert_array_equal(rle.decode("1 2 6 1", (3, 2)), mask)
+    # A run continues from the bottom of one column to the top of the next.
+    assert rle.encode(np.array([[0, 1], [0, 0], [1, 0]])) == "3 2"
+    np.testing.assert_array_equal(rle.decode("3 2", (3, 2)), [[0, 1], [0, 0], [1, 0]])
+    # 2x3: column-major numbering gives "2 1 4 2"; row-major would give "3 3".
+    assert rle.encode(np.array([[0, 0, 1], [1, 1, 0]])) == "2 1 4 2"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_full_and_empty_masks(shape: tuple[int, int]) -> None:
+    n = shape[0] * shape[1]
+    assert rle.encode(np.ones(shape, dtype=np.uint8)) == f"1 {n}"
+    assert rle.encode(np.zeros(shape, dtype=np.uint8)) == ""
+    np.testing.assert_array_equal(rle.decode(f"1 {n}", shape), np.ones(shape))
+    np.testing.assert_array_equal(rle.decode("", shape), np.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("corner", ["first", "bottom_left", "top_right", "last"])
+def test_single_edge_pixels(shape: tuple[int, int], corner: str) -> None:
+    height, width = shape
+    row, col, number = {
+        "first": (0, 0, 1),
+        "bottom_left": (height - 1, 0, height),
+        "top_right": (0, width - 1, (width - 1) * height + 1),
+        "last": (height - 1, width - 1, height * width),
+    }[corner]
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[row, col] = 1
+    assert rle.encode(mask) == f"{number} 1"
+    np.testing.assert_array_equal(rle.decode(f"{number} 1", shape), mask)
+
+
+def test_adjacent_runs_decode_and_merge() -> None:
+    # Not what encode writes, but valid: two touching runs are one stretch of pixels.
+    mask = rle.decode("2 2 4 3", (4, 2))
+    assert int(mask.sum()) == 5
+    assert rle.encode(mask) == "2 5"
+
+
+@pytest.mark.parametrize("empty", [None, float("nan"), np.float64("nan"), "", "   "])
+def test_empty_encodings_decode_to_zeros(empty: object) -> None:
+    assert rle.is_empty(empty)
+    decoded = rle.decode(empty, (3, 5))
+    assert decoded.shape == (3, 5) and decoded.dtype == np.uint8 and not decoded.any()
+    assert rle.area(empty) == 0
+    starts, lengths = rle.parse_runs(empty, 15)
+    assert starts.size == 0 and lengths.size == 0
+
+
+@pytest.mark.parametrize("text", ["1 1", "0", " 1 ", "nan"])
+def test_non_empty_strings_are_not_empty(text: str) -> None:
+    assert not rle.is_empty(text)
+
+
+def test_area() -> None:
+    assert rle.area("1 3 10 2") == 5
+    assert rle.area("5 400000") == 400000
+    assert rle.area(" 7  4 ") == 4
+
+
+def test_parse_runs_is_zero_based() -> None:
+    starts, lengths = rle.parse_runs("1 3 10 2", 20)
+    assert starts.tolist() == [0, 9] and lengths.tolist() == [3, 2]
+
+
+def test_encode_rejects_non_2d() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        rle.encode(np.zeros((2, 3, 4)))
+
+
+ERROR_CASES = [
+    ("1 2 3", r"odd number of tokens \(3\)"),
+    ("5", r"odd number of tokens \(1\)"),
+    ("1 2.5", r"non-integer token '2\.5'"),
+    ("a 2", r"non-integer token 'a'"),
+    ("1 2 3 x", r"non-integer token 'x'"),
+    ("1_0 2", r"non-integer token '1_0'"),
+    ("1 \u00b2", r"non-integer token '\u00b2'"),
+    ("--1 2", r"non-integer token '--1'"),
+    ("0 3", r"start 0 is below 1"),
+    ("5 2 -3 1", r"start -3 is below 1"),
+    ("1 0", r"length 0 is below 1"),
+    ("1 2 5 -1", r"length -1 is below 1"),
+    ("95 7", r"run '95 7' ends at pixel 101, past the image's 100 pixels"),
+    ("101 1", r"run '101 1' ends at pixel 101"),
+    ("1 2 99 3", r"run '99 3' ends at pixel 101"),
+    # Huge values must not overflow int64 and slip past the bounds check.
+    ("9223372036854775800 100", r"run '9223372036854775800 100' ends at pixel 9223372036854775899"),
+    ("1 99999999999999999999999", r"run '1 99999999999999999999999' ends at pixel 99999999999999999999999"),
+    ("-99999999999999999999999 1", r"start -99999999999999999999999 is below 1"),
+    ("10 2 3 1", r"unsorted: run '3 1'"),
+    ("10 2 11 1", r"overlapping: run '11 1'"),
+    ("10 2 10 1", r"overlapping: run '10 1'"),
+    ("1 1 10 5 12 1", r"overlapping: run '12 1'"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), ERROR_CASES)
+def test_decode_errors(text: str, message: str) -> None:
+    with pytest.raises(RLEError, match=message):
+        rle.decode(text, (10, 10))
+    with pytest.raises(RLEError, match=message):
+        rle.parse_runs(text, 100)
+
+
+@pytest.mark.parametrize("value", [5, 1.5, b"1 2", ["1", "2"]])
+def test_non_string_is_an_error(value: object) -> None:
+    with pytest.raises(RLEError, match="must be a string"):
+        rle.decode(value, (4, 4))
+
+
+def test_rle_error_is_a_pipeline_error() -> None:
+    # Stages report PipelineError as a one-line user error; RLE problems must be among them.
+    assert issubclass(RLEError, PipelineError)
+
+
+def test_last_pixel_is_in_bounds() -> None:
+    assert rle.decode("100 1", (10, 10))[9, 9] == 1
+    assert rle.decode("91 10", (10, 10))[:, 9].all()
+
+
+@pytest.fixture(scope="module")
+def fixture_rows() -> list[tuple[str, int, str]]:
+    if not OLD_FIXTURE.is_file():
+        pytest.skip(f"real fixture {OLD_FIXTURE} is absent")
+    return read_fixture_rows()
+
+
+def test_fixture_strings_round_trip(fixture_rows: list[tuple[str, int, str]]) -> None:
+    non_empty = [text for _, _, text in fixture_rows if text]
+    assert len(fixture_rows) == 400 and len(non_empty) >= 60
+    for text in non_empty:
+        mask = rle.decode(text, (256, 1600))
+        assert mask.any()
+        assert rle.encode(mask) == text
+        assert rle.area(text) == int(mask.sum())
+        assert WELL_FORMED.fullmatch(text)
+
+
+def test_fixture_strings_are_bounded_by_the_image(fixture_rows: list[tuple[str, int, str]]) -> None:
+    # A real string needs every pixel up to its last run's end: one pixel fewer is an error.
+    text = next(text for _, _, text in fixture_rows if text)
+    starts, lengths = rle.parse_runs(text, 256 * 1600)
+    end = int(starts[-1] + lengths[-1])  # 1-based last pixel
+    assert rle.decode(text, (1, end)).sum() == rle.area(text)
+    with pytest.raises(RLEError, match=f"ends at pixel {end}, past the image's {end - 1} pixels"):
+        rle.decode(text, (1, end - 1))
