@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +33,25 @@ def repo_files() -> list[str]:
     return [name for name in listed if (REPO / name).is_file()]
 
 
-def copy_repo(destination: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Path:
-    """Copy the repository's source (no data, models or venv) into `destination` as a new git repo."""
+def copy_repo(
+    destination: Path, overrides: dict[str, dict[str, Any]] | None = None, tiny: bool = True
+) -> Path:
+    """Copy the repository's source (no data, models or venv) into `destination` as a new git repo,
+    with the tiny dataset's params (unless tiny=False) and `overrides` applied."""
     for name in repo_files():
         if name.startswith(("data/", "models/")) or name == "dvc.lock":
             continue
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, target)
-    set_params(destination, {**TINY_PARAMS, **(overrides or {})})
+    if tiny:
+        set_params(destination, TINY_PARAMS)
+    set_params(destination, overrides or {})
+    # A commit, as in a clone: dvclive needs a git revision to log against.
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=destination, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=destination, check=True)
     return destination
 
 
@@ -70,3 +81,15 @@ def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+@contextlib.contextmanager
+def params_overridden(repo: Path, overrides: dict[str, dict[str, Any]]) -> Iterator[None]:
+    """Temporarily override params, restoring params.yaml byte for byte afterwards."""
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    set_params(repo, overrides)
+    try:
+        yield
+    finally:
+        params_file.write_text(original)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from stages.core.dataset import index_dataset
-from tests.dvc_repo import copy_repo, run, set_params
+from tests.dvc_repo import copy_repo, params_overridden, run, set_params
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +66,12 @@ def test_up_to_date_dag_reruns_nothing_and_a_prepare_param_reruns_only_prepare(r
 
 
 def test_bad_param_fails_with_one_line_naming_it(repo: Path, tmp_path: Path) -> None:
-    set_params(repo, {"prepare": {"n_folds": 1}})
-    try:
+    with params_overridden(repo, {"prepare": {"n_folds": 1}}):
         result = run(repo, "python", "-m", "stages.prepare", check=False)
-        assert result.returncode == 1
-        assert result.stderr.strip().splitlines()[-1] == (
-            "error: params: prepare.n_folds must be at least 2 (one fold is held out), got 1"
-        )
-    finally:
-        set_params(repo, {"prepare": {"n_folds": 5}})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: params: prepare.n_folds must be at least 2 (one fold is held out), got 1"
+    ]
 
 
 def test_old_format_switch(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ The parsing functions are pure (DataFrames in, DataFrames out); `index_dataset` 
 
 from __future__ import annotations
 
+import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from stages.core import rle
 from stages.core.errors import PipelineError, RLEError
+from stages.core.io import atomic_path
 
 OLD_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
 NEW_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
@@ -255,6 +258,20 @@ def index_dataset(root: str | Path) -> Dataset:
     )
 
 
+def submission_rows(image_id: str, rles: Sequence[str], sample: Labels) -> list[list[object]]:
+    """The rows of one image (classes 1..K in order) in the sample submission's format and column order."""
+    rows = []
+    for class_id, text in enumerate(rles, start=1):
+        values = {
+            "ImageId": image_id,
+            "ClassId": class_id,
+            "EncodedPixels": text,
+            "ImageId_ClassId": f"{image_id}_{class_id}",
+        }
+        rows.append([values[column] for column in sample.columns])
+    return rows
+
+
 def submission_frame(predictions: pd.DataFrame, sample: Labels, num_classes: int) -> pd.DataFrame:
     """A submission in the sample submission's format: every sample image with every class exactly once.
 
@@ -266,17 +283,86 @@ def submission_frame(predictions: pd.DataFrame, sample: Labels, num_classes: int
     repeated = predictions["ImageId"][predictions["ImageId"].duplicated()]
     if len(repeated):
         raise PipelineError(f"predictions list image {repeated.iloc[0]} more than once")
-    rows = pd.DataFrame({"ImageId": list(sample.image_ids)}).merge(predictions, on="ImageId", how="left")
-    long = rows.melt(
-        id_vars="ImageId",
-        value_vars=[rle_column(c) for c in range(1, num_classes + 1)],
-        var_name="ClassId",
-        value_name="EncodedPixels",
-    )
-    long["ClassId"] = long["ClassId"].str.removeprefix("rle_").astype(int)
-    long["EncodedPixels"] = long["EncodedPixels"].astype(object).fillna("").astype(str)
-    order = {image_id: i for i, image_id in enumerate(sample.image_ids)}
-    long = long.sort_values(["ImageId", "ClassId"], key=lambda s: s.map(order) if s.name == "ImageId" else s)
-    if sample.csv_format == "old":
-        long["ImageId_ClassId"] = long["ImageId"] + "_" + long["ClassId"].astype(str)
-    return long[list(sample.columns)].reset_index(drop=True)
+    columns = [rle_column(c) for c in range(1, num_classes + 1)]
+    by_image = predictions.set_index("ImageId")[columns].astype(object).fillna("").astype(str)
+    empty = [""] * num_classes
+    rows = []
+    for image_id in sample.image_ids:
+        rles = by_image.loc[image_id].tolist() if image_id in by_image.index else empty
+        rows += submission_rows(image_id, rles, sample)
+    return pd.DataFrame(rows, columns=list(sample.columns))
+
+
+class SubmissionWriter:
+    """Writes a submission image by image, in the sample's order and format, to a temporary file that
+    replaces `path` only when every sample image was written: memory stays flat however many images."""
+
+    def __init__(self, path: Path, sample: Labels, num_classes: int) -> None:
+        self.path, self.sample, self.num_classes = Path(path), sample, num_classes
+        self.written = 0
+
+    def __enter__(self) -> SubmissionWriter:
+        self._atomic = atomic_path(self.path)
+        # UTF-8 whatever the locale, as pandas writes and read_csv reads (image names may be non-ASCII).
+        self._file = self._atomic.__enter__().open("w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._file, lineterminator="\n")
+        self._csv.writerow(self.sample.columns)
+        return self
+
+    def write(self, image_id: str, rles: Sequence[str]) -> None:
+        expected = self.sample.image_ids[self.written] if self.written < len(self.sample.image_ids) else None
+        if image_id != expected:
+            raise PipelineError(
+                f"{self.path}: got image {image_id} where the sample submission has {expected}"
+            )
+        if len(rles) != self.num_classes:
+            raise PipelineError(
+                f"{self.path}: image {image_id} has {len(rles)} masks, expected {self.num_classes}"
+            )
+        self._csv.writerows(submission_rows(image_id, rles, self.sample))
+        self.written += 1
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        self._file.close()
+        if error is None and self.written != len(self.sample.image_ids):
+            missing = self.sample.image_ids[self.written]
+            error = PipelineError(f"{self.path}: no prediction for image {missing} (and any after it)")
+            self._atomic.__exit__(PipelineError, error, None)
+            raise error
+        self._atomic.__exit__(kind, error, trace)
+
+
+def validate_submission(
+    frame: pd.DataFrame, sample: Labels, sizes: dict[str, tuple[int, int]], num_classes: int, source: str
+) -> Labels:
+    """Check a submission before it is written: the sample's columns, every sample image with every class
+    exactly once and nothing else, every RLE inside its image. Errors name `source` and the line."""
+    if tuple(frame.columns) != tuple(sample.columns):
+        raise PipelineError(
+            f"{source}: columns {list(frame.columns)} differ from the sample's {list(sample.columns)}"
+        )
+    labels = parse_labels(frame.astype(str), source)
+    check_duplicates(labels, source)
+    pairs = labels.pairs
+    expected = pd.MultiIndex.from_product([list(sample.image_ids), range(1, num_classes + 1)])
+    present = pd.MultiIndex.from_frame(pairs[["ImageId", "ClassId"]])
+    extra = ~present.isin(expected)
+    if extra.any():
+        row = pairs[extra].iloc[0]
+        raise PipelineError(
+            f"{source}: line {row['line']}: image {row['ImageId']} class {row['ClassId']} "
+            "is not in the sample submission"
+        )
+    missing = expected[~expected.isin(present)]
+    if len(missing):
+        image_id, class_id = missing[0]
+        raise PipelineError(f"{source}: no row for image {image_id} class {class_id}")
+    for image_id, class_id, text, line in pairs[pairs["EncodedPixels"] != ""].itertuples(index=False):
+        height, width = sizes[image_id]
+        try:
+            rle.parse_runs(text, height * width)
+        except RLEError as error:
+            raise PipelineError(
+                f"{source}: line {line}: bad RLE for image {image_id} class {class_id}: {error}"
+            ) from None
+    return labels

@@ -1,0 +1,139 @@
+"""Image and mask loading for the models: resize to the model's input size, augment, normalise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from stages.core import rle
+from stages.core.errors import PipelineError
+from stages.core.models import IMAGENET_MEAN, IMAGENET_STD
+
+_REDUCED_JPEG = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
+
+
+def read_image(path: Path, original: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 image of `original` (height, width) on disk, resized to `size` (height, width)."""
+    flag = cv2.IMREAD_COLOR
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        # Decoding a JPEG at 1/2, 1/4 or 1/8 scale skips most of the work when the model input is small.
+        for factor, reduced in _REDUCED_JPEG:
+            if original[0] // factor >= size[0] and original[1] // factor >= size[1]:
+                flag = reduced
+                break
+    image = cv2.imread(str(path), flag)
+    if image is None:
+        raise PipelineError(f"{path}: unreadable image")
+    if image.shape[:2] != size:
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_masks(rles: list[str], original: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """(height, width, K) uint8 0/1 masks at `size`, decoded at the original size then resized."""
+    masks = np.stack([rle.decode(text, original) for text in rles], axis=-1)
+    if original != size:
+        masks = cv2.resize(masks, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        masks = masks.reshape(size[0], size[1], len(rles))  # cv2 drops a trailing axis of length 1
+    return masks
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Albumentations applied to training images (and their masks); probabilities in [0, 1]."""
+
+    horizontal_flip: float = 0.5
+    vertical_flip: float = 0.5
+    brightness_contrast: float = 0.5
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+    gauss_noise: float = 0.0
+
+    def validate(self, section: str) -> None:
+        from stages.core.params import require
+
+        for name in ("horizontal_flip", "vertical_flip", "brightness_contrast", "gauss_noise"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"{section}.{name}", "must be a probability in [0, 1]", value)
+        for name in ("brightness_limit", "contrast_limit"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"{section}.{name}", "must be in [0, 1]", value)
+
+
+def build_augmentations(params: AugmentParams, seed: int) -> A.Compose:
+    """The training augmentations; albumentations has its own random generator, seeded here."""
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=params.horizontal_flip),
+            A.VerticalFlip(p=params.vertical_flip),
+            A.RandomBrightnessContrast(
+                brightness_limit=params.brightness_limit,
+                contrast_limit=params.contrast_limit,
+                p=params.brightness_contrast,
+            ),
+            A.GaussNoise(p=params.gauss_noise),
+        ],
+        seed=seed,
+    )
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HWC uint8 RGB -> CHW float32 normalised with the ImageNet statistics the encoders expect."""
+    scaled = (image.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(
+        IMAGENET_STD, np.float32
+    )
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+
+
+class ImageTable(Dataset):
+    """Images of a table (ImageId, height, width[, rle_1..rle_K]) at the model's input size.
+
+    target: "none" -> (image, index); "all_missing" -> (image, 1.0 if the image has no defect);
+    "masks" -> (image, (K, H, W) float masks). Augmentations apply to image and masks together.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        folder: Path,
+        size: tuple[int, int],
+        target: str = "none",
+        num_classes: int = 0,
+        augment: A.Compose | None = None,
+    ) -> None:
+        self.image_ids = table["ImageId"].tolist()
+        self.originals = list(zip(table["height"].astype(int), table["width"].astype(int), strict=True))
+        self.folder, self.size, self.target, self.augment = folder, size, target, augment
+        if target == "all_missing":
+            self.labels = (~table["has_defect"].astype(bool)).to_numpy(np.float32)
+        if target == "masks":
+            self.rles = table[[f"rle_{c}" for c in range(1, num_classes + 1)]].to_numpy().tolist()
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        original = self.originals[index]
+        image = read_image(self.folder / self.image_ids[index], original, self.size)
+        if self.target == "masks":
+            masks = decode_masks(self.rles[index], original, self.size)
+            if self.augment is not None:
+                augmented = self.augment(image=image, mask=masks)
+                image, masks = augmented["image"], augmented["mask"]
+            return to_tensor(image), torch.from_numpy(np.ascontiguousarray(masks.transpose(2, 0, 1))).float()
+        if self.augment is not None:
+            image = self.augment(image=image)["image"]
+        if self.target == "all_missing":
+            return to_tensor(image), torch.tensor(self.labels[index])
+        return to_tensor(image), torch.tensor(index)

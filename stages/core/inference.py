@@ -1,0 +1,97 @@
+"""Batched, streaming model inference over an image table (memory does not grow with the table)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from stages.core.device import Runtime, inference
+from stages.core.images import ImageTable
+from stages.core.postprocess import ClassRule, apply_rules
+from stages.core.training import make_loader
+
+
+def batches(
+    table: pd.DataFrame, folder: Path, size: tuple[int, int], batch_size: int, num_workers: int
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """(images, row indices) batches of a table's images at the model's input size."""
+    loader = make_loader(ImageTable(table, folder, size), batch_size, num_workers)
+    for images, indices in loader:
+        yield images, indices.numpy()
+
+
+def all_missing_probability(
+    models: Sequence[nn.Module],
+    table: pd.DataFrame,
+    folder: Path,
+    size: tuple[int, int],
+    runtime: Runtime,
+    batch_size: int,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """allMissing = P(no defect) per row, averaged over the given models' probabilities."""
+    result = np.empty(len(table), dtype=np.float64)
+    models = [runtime.model(model).eval() for model in models]
+    with inference(runtime):
+        for images, indices in batches(table, folder, size, batch_size, num_workers):
+            images = runtime.batch(images)
+            probabilities = [torch.sigmoid(model(images).float()) for model in models]
+            result[indices] = torch.stack(probabilities).mean(0).cpu().numpy()
+    return result
+
+
+def flip_tta_probabilities(models: Sequence[nn.Module], images: torch.Tensor, tta: str) -> torch.Tensor:
+    """Sigmoid probabilities (N, K, h, w) averaged over the models and the flips of `tta`
+    (none | hflip | hvflip); each flipped prediction is flipped back before averaging."""
+    flips: list[tuple[int, ...]] = [()]
+    if tta in ("hflip", "hvflip"):
+        flips.append((-1,))
+    if tta == "hvflip":
+        flips.append((-2,))
+    total = None
+    for model in models:
+        for dims in flips:
+            flipped = images.flip(dims) if dims else images
+            probability = torch.sigmoid(model(flipped).float())
+            probability = probability.flip(dims) if dims else probability
+            total = probability if total is None else total + probability
+    assert total is not None
+    return total / (len(models) * len(flips))
+
+
+def upsample(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) float probabilities -> (K, H, W), bilinear."""
+    if probabilities.shape[1:] == size:
+        return probabilities
+    resized = cv2.resize(probabilities.transpose(1, 2, 0), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return resized.reshape(size[0], size[1], -1).transpose(2, 0, 1)
+
+
+def predict_masks(
+    models: Sequence[nn.Module],
+    table: pd.DataFrame,
+    folder: Path,
+    size: tuple[int, int],
+    runtime: Runtime,
+    batch_size: int,
+    rules: Sequence[ClassRule],
+    tta: str = "none",
+    num_workers: int = 0,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield (ImageId, (K, H, W) uint8 masks at the original size, (K, h, w) model-size probabilities)
+    image by image, in table order. A generator: memory does not grow with the number of images."""
+    models = [runtime.model(model).eval() for model in models]
+    image_ids = table["ImageId"].tolist()
+    originals = list(zip(table["height"].astype(int), table["width"].astype(int), strict=True))
+    for images, indices in batches(table, folder, size, batch_size, num_workers):
+        with inference(runtime):
+            probabilities = flip_tta_probabilities(models, runtime.batch(images), tta).cpu().numpy()
+        for probability, index in zip(probabilities, indices, strict=True):
+            full = upsample(probability, originals[index])
+            yield image_ids[index], apply_rules(full, rules), probability

@@ -1,0 +1,173 @@
+"""Model factories on segmentation-models-pytorch encoders, and self-describing checkpoints.
+
+Both the allMissing classifier and the U-Net take their encoder from smp, so `encoder_weights` means the
+same everywhere: `none` (random init), `imagenet` (smp downloads it when online) or a path to a local
+weights file (.pth/.pt state dict or .safetensors) for that encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+from segmentation_models_pytorch.encoders import get_encoder
+from torch import nn
+
+from stages.core.errors import PipelineError
+from stages.core.io import atomic_path
+
+CLASSIFIER_BACKBONES = ("densenet121", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_encoder(name: str, weights: str, key: str, allowed: tuple[str, ...] | None = None) -> None:
+    """Validate an encoder name and its weights param before any model is built."""
+    names = allowed or tuple(smp.encoders.get_encoder_names())
+    if name not in names:
+        raise PipelineError(
+            f"params: {key}.backbone {name!r} is not supported (choose from {', '.join(names)})"
+        )
+    if weights not in ("none", "imagenet") and not Path(weights).is_file():
+        raise PipelineError(
+            f"params: {key}.encoder_weights: weights file {weights!r} not found "
+            "(use none, imagenet or a path to a file)"
+        )
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (torch's span several), shortened to `limit` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds on a corrupt or foreign file
+        raise PipelineError(
+            f"{path}: not a readable weights file ({type(error).__name__}: {_one_line(error)})"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise PipelineError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def load_encoder_weights(encoder: nn.Module, weights: str) -> None:
+    """Load a local weights file into an smp encoder (its loader drops the ImageNet head)."""
+    state = load_state_dict_file(weights)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as error:
+        # torch's first line only says "Error(s) in loading state_dict"; the details follow on the next.
+        raise PipelineError(f"{weights}: weights do not fit the encoder ({_one_line(error)})") from None
+
+
+def build_encoder(name: str, weights: str) -> nn.Module:
+    encoder = get_encoder(name, in_channels=3, depth=5, weights="imagenet" if weights == "imagenet" else None)
+    if weights not in ("none", "imagenet"):
+        load_encoder_weights(encoder, weights)
+    return encoder
+
+
+class FreezableEncoder(nn.Module):
+    """freeze_encoder() trains only what follows the encoder (the "bottleneck features" approach), with the
+    encoder's BatchNorm statistics fixed too, whatever train() calls come later."""
+
+    encoder: nn.Module
+
+    def freeze_encoder(self) -> None:
+        self.encoder.requires_grad_(False)
+        self.train(self.training)  # a model already in train mode: fix the encoder's BatchNorm now
+
+    def train(self, mode: bool = True) -> FreezableEncoder:
+        super().train(mode)
+        if not any(p.requires_grad for p in self.encoder.parameters()):
+            self.encoder.eval()
+        return self
+
+
+class AllMissingClassifier(FreezableEncoder):
+    """Encoder + global average pooling + linear: one logit of P(image has no defect of any class)."""
+
+    def __init__(self, backbone: str, weights: str = "none", dropout: float = 0.2) -> None:
+        super().__init__()
+        self.encoder = build_encoder(backbone, weights)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(self.encoder.out_channels[-1], 1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images)[-1]).squeeze(1)
+
+
+class DefectUnet(FreezableEncoder, smp.Unet):
+    """smp's U-Net with an encoder that can be frozen like the classifier's."""
+
+
+UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's default
+
+
+def build_unet(
+    encoder: str, weights: str, num_classes: int, decoder_channels: tuple[int, ...] = UNET_DECODER_CHANNELS
+) -> DefectUnet:
+    model = DefectUnet(
+        encoder_name=encoder,
+        encoder_weights="imagenet" if weights == "imagenet" else None,
+        decoder_channels=tuple(decoder_channels),
+        classes=num_classes,
+        activation=None,  # logits; sigmoid is applied in the loss and at prediction
+    )
+    if weights not in ("none", "imagenet"):
+        load_encoder_weights(model.encoder, weights)
+    return model
+
+
+def save_checkpoint(path: Path, model: nn.Module, config: dict[str, Any], extra: dict[str, Any]) -> None:
+    """A checkpoint that rebuilds the model without params.yaml: `config` holds the factory arguments."""
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"config": config, "state_dict": state, **extra}, tmp)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: checkpoint not found") from None
+    except Exception as error:  # a truncated or foreign file
+        raise PipelineError(
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {_one_line(error)})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= checkpoint.keys():
+        raise PipelineError(f"{path}: not a checkpoint of this project (no config and state_dict)")
+    return checkpoint
+
+
+def load_classifier(path: Path) -> tuple[AllMissingClassifier, dict[str, Any]]:
+    checkpoint = read_checkpoint(path)
+    config = checkpoint["config"]
+    model = AllMissingClassifier(config["backbone"], "none", config.get("dropout", 0.0))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+def load_unet(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    checkpoint = read_checkpoint(path)
+    config = checkpoint["config"]
+    decoder = tuple(config.get("decoder_channels", UNET_DECODER_CHANNELS))
+    model = build_unet(config["encoder"], "none", config["num_classes"], decoder)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint

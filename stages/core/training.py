@@ -1,0 +1,201 @@
+"""The training loop shared by the classifier and segmentation stages.
+
+Early stopping on validation loss (at least min_epochs, at most max_epochs, stop after `patience` epochs
+without improvement), the best checkpoint kept (not the last), a progress bar over batches, one log
+line per epoch and dvclive curves per fold.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from stages.core.device import Runtime
+from stages.core.images import AugmentParams
+from stages.core.params import require
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The training options both model stages share (each in its own params.yaml section)."""
+
+    backbone: str = "resnet18"
+    encoder_weights: str = "none"  # none | imagenet | path to a local weights file
+    freeze_encoder: bool = False
+    input_height: int = 64
+    input_width: int = 384
+    batch_size: int = 16
+    min_epochs: int = 1
+    max_epochs: int = 10
+    patience: int = 3
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    scheduler: Literal["none", "cosine", "plateau"] = "cosine"
+    folds: int = 1  # fold models to train; 1 = a single train/validation split (validate on fold 0)
+    seed: int = 42
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    mixed_precision: bool = True  # float16 autocast, CUDA only
+    num_workers: int = 0
+    augment: AugmentParams = field(default_factory=AugmentParams)
+
+    def validate(self, section: str) -> None:
+        require(self.input_height >= 32, f"{section}.input_height", "must be at least 32", self.input_height)
+        require(self.input_width >= 32, f"{section}.input_width", "must be at least 32", self.input_width)
+        for name in ("input_height", "input_width"):
+            value = getattr(self, name)
+            require(value % 32 == 0, f"{section}.{name}", "must be a multiple of 32 (encoder stride)", value)
+        require(self.batch_size >= 1, f"{section}.batch_size", "must be at least 1", self.batch_size)
+        require(self.min_epochs >= 1, f"{section}.min_epochs", "must be at least 1", self.min_epochs)
+        require(
+            self.max_epochs >= self.min_epochs,
+            f"{section}.max_epochs",
+            "must be >= min_epochs",
+            self.max_epochs,
+        )
+        require(self.patience >= 1, f"{section}.patience", "must be at least 1", self.patience)
+        require(self.learning_rate > 0, f"{section}.learning_rate", "must be positive", self.learning_rate)
+        require(self.weight_decay >= 0, f"{section}.weight_decay", "must be >= 0", self.weight_decay)
+        require(self.folds >= 1, f"{section}.folds", "must be at least 1", self.folds)
+        require(self.num_workers >= 0, f"{section}.num_workers", "must be >= 0", self.num_workers)
+        self.augment.validate(f"{section}.augment")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.input_height, self.input_width
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False, seed: int = 0
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )
+
+
+def make_optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(
+            trainable, lr=params.learning_rate, momentum=0.9, weight_decay=params.weight_decay, nesterov=True
+        )
+    factory = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+    return factory(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
+
+
+def make_scheduler(params: TrainParams, optimizer: torch.optim.Optimizer) -> Any:
+    if params.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.max_epochs)
+    if params.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
+    return None
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int  # 1-based
+    best_metrics: dict[str, float]  # validation metrics of the best epoch ("loss" included)
+    epochs_run: int
+    train_seconds: float
+    train_images: int  # images seen in training, all epochs
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / self.train_seconds if self.train_seconds else 0.0
+
+
+Evaluate = Callable[[nn.Module, DataLoader], dict[str, float]]
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    evaluate: Evaluate,
+    params: TrainParams,
+    runtime: Runtime,
+    log_epoch: Callable[[int, dict[str, float]], None],
+    name: str,
+) -> FitResult:
+    """Train with early stopping on validation loss; return the best epoch's weights and metrics."""
+    optimizer = make_optimizer(params, model)
+    scheduler = make_scheduler(params, optimizer)
+    scaler = runtime.grad_scaler()
+    best: FitResult | None = None
+    stale_epochs, train_seconds, train_images = 0, 0.0, 0
+    for epoch in range(1, params.max_epochs + 1):
+        model.train()
+        started, total_loss, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(train_loader, desc=f"{name} epoch {epoch}", leave=False, disable=None, unit="batch")
+        for images, targets in bar:
+            images, targets = runtime.batch(images), targets.to(runtime.device)
+            optimizer.zero_grad(set_to_none=True)
+            with runtime.autocast():
+                loss = loss_fn(model(images), targets)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += float(loss.detach()) * len(images)
+            seen += len(images)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        train_seconds += time.perf_counter() - started
+        train_images += seen
+        metrics = {"train_loss": total_loss / max(seen, 1), **evaluate(model, val_loader)}
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(metrics["loss"])
+        elif scheduler is not None:
+            scheduler.step()
+        improved = best is None or _better(metrics["loss"], best.best_metrics["loss"])
+        if improved:
+            state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best = FitResult(state, epoch, metrics, epoch, 0.0, 0)
+            stale_epochs = 0
+        else:
+            stale_epochs += 1
+        metrics["best"] = float(improved)
+        log_epoch(epoch, metrics)
+        if epoch >= params.min_epochs and stale_epochs >= params.patience:
+            break
+    assert best is not None  # max_epochs >= 1
+    best.epochs_run, best.train_seconds, best.train_images = epoch, train_seconds, train_images
+    return best
+
+
+def _better(loss: float, best_loss: float) -> bool:
+    """A lower loss; a NaN loss never improves, and any real loss beats a NaN best."""
+    return loss < best_loss or (math.isnan(best_loss) and not math.isnan(loss))
+
+
+def format_epoch(name: str, epoch: int, metrics: dict[str, float]) -> str:
+    """One readable log line per epoch."""
+    parts = [f"{key}={value:.4f}" for key, value in metrics.items() if key not in ("best", "lr")]
+    marker = " *best*" if metrics.get("best") else ""
+    return f"{name} epoch {epoch}: " + " ".join(parts) + f" lr={metrics['lr']:.2e}{marker}"

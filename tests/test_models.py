@@ -1,0 +1,284 @@
+"""Model factories and checkpoints: encoder and weights checks, local weights files, the allMissing
+classifier (frozen encoder included), the U-Net, and checkpoints that rebuild their model. Offline: every
+encoder starts from random weights or from a file written here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from segmentation_models_pytorch.encoders import get_encoder
+from torch import nn
+
+from stages.core.errors import PipelineError
+from stages.core.models import (
+    CLASSIFIER_BACKBONES,
+    AllMissingClassifier,
+    build_encoder,
+    build_unet,
+    check_encoder,
+    load_classifier,
+    load_unet,
+    save_checkpoint,
+)
+from stages.core.training import TrainParams, make_optimizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a small shared machine, OpenMP threads waiting for each other cost more than
+    they gain on these tiny inputs (several times slower under load). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def images(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def random_encoder(name: str, seed: int) -> nn.Module:
+    """An smp encoder with seeded random weights and non-default BatchNorm statistics."""
+    torch.manual_seed(seed)
+    encoder = get_encoder(name, in_channels=3, depth=5, weights=None)
+    with torch.no_grad():
+        for module in encoder.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+    return encoder
+
+
+def assert_same_state(a: nn.Module | dict[str, torch.Tensor], b: nn.Module | dict[str, torch.Tensor]) -> None:
+    first = a.state_dict() if isinstance(a, nn.Module) else a
+    second = b.state_dict() if isinstance(b, nn.Module) else b
+    assert first.keys() == second.keys()
+    for key, tensor in first.items():
+        assert torch.equal(tensor, second[key]), key
+
+
+def one_line_error(error: pytest.ExceptionInfo[PipelineError]) -> str:
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+# --- check_encoder ------------------------------------------------------------------------------------------
+
+
+def test_check_encoder_accepts_known_names_and_weights(tmp_path: Path) -> None:
+    weights = tmp_path / "encoder.pth"
+    weights.write_bytes(b"not checked here")
+    for name in CLASSIFIER_BACKBONES:
+        check_encoder(name, "none", "classifier", CLASSIFIER_BACKBONES)
+    check_encoder("resnet18", "imagenet", "segmentation")  # any smp encoder when no list is given
+    check_encoder("resnet18", str(weights), "classifier", CLASSIFIER_BACKBONES)
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [("vgg_doesnotexist", None), ("resnet101", CLASSIFIER_BACKBONES), ("", CLASSIFIER_BACKBONES)],
+)
+def test_check_encoder_unknown_backbone(name: str, allowed: tuple[str, ...] | None) -> None:
+    with pytest.raises(PipelineError) as error:
+        check_encoder(name, "none", "classifier", allowed)
+    message = one_line_error(error)
+    assert "classifier.backbone" in message and repr(name) in message
+    if allowed:
+        assert "densenet121" in message  # lists the choices
+
+
+def test_check_encoder_missing_weights_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "resnet18.pth"
+    with pytest.raises(PipelineError) as error:
+        check_encoder("resnet18", str(missing), "segmentation")
+    message = one_line_error(error)
+    assert "segmentation.encoder_weights" in message and str(missing) in message
+    with pytest.raises(PipelineError, match=r"classifier\.encoder_weights"):
+        check_encoder("resnet18", str(tmp_path), "classifier")  # a folder is not a weights file
+
+
+# --- local weights files ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet18_state() -> dict[str, torch.Tensor]:
+    """A seeded random resnet18 encoder's state dict (contiguous, as safetensors requires)."""
+    return {
+        key: tensor.contiguous() for key, tensor in random_encoder("resnet18", seed=1).state_dict().items()
+    }
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped"])
+def test_build_encoder_loads_a_local_weights_file(
+    tmp_path: Path, resnet18_state: dict[str, torch.Tensor], fmt: str
+) -> None:
+    path = tmp_path / f"resnet18.{'pth' if fmt == 'wrapped' else fmt}"
+    if fmt == "safetensors":
+        save_file(resnet18_state, str(path))
+    elif fmt == "wrapped":  # a training checkpoint holding the state dict under "state_dict"
+        torch.save({"state_dict": resnet18_state, "epoch": 3}, path)
+    else:
+        torch.save(resnet18_state, path)
+    torch.manual_seed(1)  # the seed of the file's encoder: loading, not the initialisation, must match
+    assert_same_state(build_encoder("resnet18", str(path)), resnet18_state)
+
+
+def test_unet_takes_its_encoder_from_a_local_weights_file(
+    tmp_path: Path, resnet18_state: dict[str, torch.Tensor]
+) -> None:
+    path = tmp_path / "encoder.pth"
+    torch.save(resnet18_state, path)
+    unet = build_unet("resnet18", str(path), num_classes=4)
+    assert_same_state(unet.encoder, resnet18_state)
+
+
+def test_weights_of_another_encoder_do_not_fit(tmp_path: Path) -> None:
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(random_encoder("mobilenet_v2", seed=0).state_dict(), path)
+    with pytest.raises(PipelineError) as error:
+        build_encoder("resnet18", str(path))
+    message = one_line_error(error)
+    assert str(path) in message and "do not fit" in message
+    assert "Missing key(s)" in message  # the reason, not only torch's header line
+    assert len(message) < len(str(path)) + 400  # torch lists every key: shortened
+
+
+def test_weights_with_a_wrong_shape_do_not_fit(
+    tmp_path: Path, resnet18_state: dict[str, torch.Tensor]
+) -> None:
+    state = {**resnet18_state, "conv1.weight": torch.zeros(64, 3, 3, 3)}
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(PipelineError) as error:
+        build_encoder("resnet18", str(path))
+    message = one_line_error(error)
+    assert str(path) in message and "conv1.weight" in message
+
+
+@pytest.mark.parametrize("suffix", ["pth", "safetensors"])
+def test_garbage_weights_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"garbage.{suffix}"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n this is not a weights file \x00\xff" * 8)
+    with pytest.raises(PipelineError) as error:
+        build_encoder("resnet18", str(path))
+    message = one_line_error(error)
+    assert str(path) in message and "not a readable weights file" in message
+
+
+def test_a_file_that_is_not_a_state_dict(tmp_path: Path) -> None:
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(PipelineError, match="expected a state dict, got list"):
+        build_encoder("resnet18", str(path))
+
+
+# --- the allMissing classifier ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", CLASSIFIER_BACKBONES)
+def test_every_classifier_backbone_builds_offline(backbone: str) -> None:
+    model = AllMissingClassifier(backbone, "none").eval()
+    with torch.no_grad():
+        logits = model(images(size=64))
+    assert logits.shape == (2,) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+def batch_norm_stats(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("call_train", [True, False])
+def test_frozen_encoder_trains_only_the_head(call_train: bool) -> None:
+    torch.manual_seed(0)
+    model = AllMissingClassifier("resnet18", "none", dropout=0.0)
+    model.freeze_encoder()
+    if call_train:
+        model.train()  # fit() does this every epoch
+    assert model.training and not model.encoder.training  # BatchNorm statistics are fixed too
+    encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    optimizer = make_optimizer(TrainParams(optimizer="sgd", learning_rate=0.1, weight_decay=0.1), model)
+    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == 512 + 1
+    for step in range(2):
+        optimizer.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(model(images(seed=step)), torch.ones(2))
+        loss.backward()
+        optimizer.step()
+    assert_same_state(model.encoder, encoder_before)  # weights and running statistics
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert any(not torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
+    model.eval()
+    assert not model.training and not model.encoder.training
+    model.train()
+    assert not model.encoder.training
+
+
+def test_unfrozen_classifier_updates_batch_norm_in_train_mode() -> None:
+    model = AllMissingClassifier("resnet18", "none").train()
+    assert model.encoder.training
+    before = batch_norm_stats(model.encoder)
+    model(images())
+    after = batch_norm_stats(model.encoder)
+    assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
+
+
+# --- checkpoints --------------------------------------------------------------------------------------------
+
+
+def test_classifier_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = AllMissingClassifier("resnet18", "none", dropout=0.3)
+    model.train()
+    with torch.no_grad():
+        model(images(n=4, seed=5))  # move BatchNorm statistics away from their defaults
+    model.eval()
+    path = tmp_path / "models" / "fold_0.pt"
+    save_checkpoint(path, model, {"backbone": "resnet18", "dropout": 0.3}, {"fold": 0, "best_epoch": 2})
+    assert path.is_file() and list(path.parent.iterdir()) == [path]  # no temporary file left behind
+    loaded, checkpoint = load_classifier(path)
+    assert isinstance(loaded, AllMissingClassifier) and not loaded.training
+    assert checkpoint["fold"] == 0 and checkpoint["best_epoch"] == 2
+    assert checkpoint["config"] == {"backbone": "resnet18", "dropout": 0.3}
+    assert_same_state(loaded, model)  # BatchNorm statistics included
+    batch = images(seed=7)
+    with torch.no_grad():
+        expected, got = model(batch), loaded(batch)
+    assert torch.equal(got, expected)
+
+
+def test_unet_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    model = build_unet("resnet18", "none", num_classes=4)
+    model.train()
+    with torch.no_grad():
+        model(images(n=2, seed=5))
+    model.eval()
+    path = tmp_path / "unet.pt"
+    save_checkpoint(path, model, {"encoder": "resnet18", "num_classes": 4}, {"fold": 1})
+    loaded, checkpoint = load_unet(path)
+    assert not loaded.training and checkpoint["fold"] == 1
+    batch = images(size=32, seed=8)
+    with torch.no_grad():
+        expected, got = model(batch), loaded(batch)
+    assert got.shape == (2, 4, 32, 32)
+    assert torch.equal(got, expected)
+
+
+def test_unreadable_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="checkpoint not found"):
+        load_classifier(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint\n\x00" * 4)
+    with pytest.raises(PipelineError) as error:
+        load_unet(garbage)
+    assert str(garbage) in one_line_error(error)
+    foreign = tmp_path / "weights_only.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, foreign)
+    with pytest.raises(PipelineError, match="not a checkpoint of this project"):
+        load_classifier(foreign)

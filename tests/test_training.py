@@ -1,0 +1,297 @@
+"""Training options and the shared training loop: params validation (through params.from_mapping), the
+runtime (device, mixed precision), optimizers and schedulers, and fit()'s early stopping that returns the
+best epoch's weights."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from stages.classifier import ClassifierParams
+from stages.core.device import Runtime, resolve_runtime
+from stages.core.errors import PipelineError
+from stages.core.images import AugmentParams
+from stages.core.params import from_mapping
+from stages.core.training import FitResult, TrainParams, fit, format_epoch, make_optimizer, make_scheduler
+
+VALID: dict[str, Any] = {
+    "backbone": "resnet18",
+    "encoder_weights": "none",
+    "freeze_encoder": False,
+    "input_height": 64,
+    "input_width": 384,
+    "batch_size": 16,
+    "min_epochs": 3,
+    "max_epochs": 8,
+    "patience": 2,
+    "learning_rate": 0.001,
+    "weight_decay": 0.0001,
+    "optimizer": "adamw",
+    "scheduler": "cosine",
+    "folds": 1,
+    "seed": 42,
+    "device": "auto",
+    "mixed_precision": True,
+    "num_workers": 0,
+    "augment": {"horizontal_flip": 0.5, "vertical_flip": 0.0, "gauss_noise": 1.0},
+}
+
+
+# --- params -------------------------------------------------------------------------------------------------
+
+
+def test_a_valid_section_builds_typed_params() -> None:
+    params = from_mapping(TrainParams, VALID, "classifier")
+    assert params.input_size == (64, 384)
+    assert params.learning_rate == 0.001 and params.optimizer == "adamw"
+    assert params.augment == AugmentParams(horizontal_flip=0.5, vertical_flip=0.0, gauss_noise=1.0)
+    assert from_mapping(TrainParams, {}, "segmentation") == TrainParams()  # the defaults are valid
+    classifier = from_mapping(ClassifierParams, {**VALID, "backbone": "densenet121", "dropout": 0.5}, "c")
+    assert classifier.backbone == "densenet121" and classifier.dropout == 0.5
+    assert from_mapping(ClassifierParams, {}, "classifier").backbone == "densenet121"
+    assert isinstance(from_mapping(TrainParams, {"learning_rate": 1}, "s").learning_rate, float)
+
+
+BAD_VALUES = [
+    ({"learning_rate": -0.001}, "classifier.learning_rate"),
+    ({"learning_rate": 0}, "classifier.learning_rate"),
+    ({"learning_rate": "fast"}, "classifier.learning_rate"),
+    ({"min_epochs": 5, "max_epochs": 4}, "classifier.max_epochs"),
+    ({"min_epochs": 0}, "classifier.min_epochs"),
+    ({"patience": 0}, "classifier.patience"),
+    ({"input_height": 100}, "classifier.input_height"),
+    ({"input_width": 400}, "classifier.input_width"),
+    ({"input_width": 0}, "classifier.input_width"),
+    ({"input_height": 64.0}, "classifier.input_height"),
+    ({"batch_size": 0}, "classifier.batch_size"),
+    ({"weight_decay": -1e-4}, "classifier.weight_decay"),
+    ({"folds": 0}, "classifier.folds"),
+    ({"num_workers": -1}, "classifier.num_workers"),
+    ({"optimizer": "rmsprop"}, "classifier.optimizer"),
+    ({"scheduler": "step"}, "classifier.scheduler"),
+    ({"mixed_precision": "yes"}, "classifier.mixed_precision"),
+    ({"lr": 0.01}, "classifier.lr"),
+    ({"augment": {"horizontal_flip": 1.5}}, "classifier.augment.horizontal_flip"),
+    ({"augment": {"gauss_noise": -0.1}}, "classifier.augment.gauss_noise"),
+    ({"augment": {"brightness_limit": 2.0}}, "classifier.augment.brightness_limit"),
+    ({"augment": {"rotate": 0.5}}, "classifier.augment.rotate"),
+    ({"augment": 0.5}, "classifier.augment"),
+]
+
+
+@pytest.mark.parametrize(("change", "key"), BAD_VALUES, ids=[key for _, key in BAD_VALUES])
+def test_bad_train_params_name_the_key(change: dict[str, Any], key: str) -> None:
+    with pytest.raises(PipelineError) as error:
+        from_mapping(TrainParams, {**VALID, **change}, "classifier")
+    message = str(error.value)
+    assert "\n" not in message
+    assert key + " " in message or key + "'" in message, message
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"backbone": "resnet101"}, "classifier.backbone"),  # an smp encoder, but not a classifier backbone
+        ({"encoder_weights": "weights/missing.pth"}, "classifier.encoder_weights"),
+        ({"dropout": 1.0}, "classifier.dropout"),
+        ({"dropout": -0.1}, "classifier.dropout"),
+        ({"max_epochs": 1}, "classifier.max_epochs"),  # the shared TrainParams checks still apply
+    ],
+)
+def test_bad_classifier_params_name_the_key(change: dict[str, Any], key: str) -> None:
+    with pytest.raises(PipelineError, match=key.replace(".", r"\.")):
+        from_mapping(ClassifierParams, {**VALID, **change}, "classifier")
+
+
+# --- runtime ------------------------------------------------------------------------------------------------
+
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+
+
+@needs_no_cuda
+@pytest.mark.parametrize("mixed_precision", [True, False])
+def test_auto_runtime_is_cpu_without_amp(mixed_precision: bool) -> None:
+    runtime = resolve_runtime("auto", mixed_precision, "classifier.device")
+    assert runtime.device == torch.device("cpu") and not runtime.is_cuda
+    assert runtime.amp is False and runtime.channels_last is False
+    assert isinstance(runtime.autocast(), contextlib.nullcontext)
+    assert runtime.grad_scaler().is_enabled() is False
+    assert resolve_runtime("cpu", True) == runtime
+
+
+@needs_no_cuda
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_names_the_key(device: str) -> None:
+    with pytest.raises(PipelineError, match=r"classifier\.device .*no CUDA device") as error:
+        resolve_runtime(device, True, "classifier.device")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("device", ["bogus", "gpu", "", "cuda:x", "meta", "mps"])
+def test_unknown_devices_name_the_key(device: str) -> None:
+    with pytest.raises(
+        PipelineError, match=r"^params: score_train\.device must be auto, cpu, cuda or cuda:N"
+    ):
+        resolve_runtime(device, False, "score_train.device")
+
+
+def test_auto_picks_cuda_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    runtime = resolve_runtime("auto", True)
+    assert runtime.device == torch.device("cuda") and runtime.amp and runtime.channels_last
+    assert resolve_runtime("cuda:0", False).amp is False
+
+
+# --- optimizers and schedulers ------------------------------------------------------------------------------
+
+
+def test_make_optimizer_uses_only_trainable_parameters() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    model[0].requires_grad_(False)
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    for name, kind in kinds.items():
+        optimizer = make_optimizer(TrainParams(optimizer=name, learning_rate=0.05, weight_decay=0.01), model)
+        assert type(optimizer) is kind
+        (group,) = optimizer.param_groups
+        assert group["lr"] == 0.05 and group["weight_decay"] == 0.01
+        assert [p.shape for p in group["params"]] == [(1, 4), (1,)]
+
+
+def test_make_scheduler() -> None:
+    optimizer = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=1.0)
+    cosine = make_scheduler(TrainParams(scheduler="cosine", max_epochs=4), optimizer)
+    assert isinstance(cosine, torch.optim.lr_scheduler.CosineAnnealingLR) and cosine.T_max == 4
+    plateau = make_scheduler(TrainParams(scheduler="plateau"), optimizer)
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert make_scheduler(TrainParams(scheduler="none"), optimizer) is None
+
+
+# --- fit ----------------------------------------------------------------------------------------------------
+
+CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False)
+
+
+class Scripted:
+    """An evaluate callback returning scripted validation losses, recording the weights it saw."""
+
+    def __init__(self, losses: Sequence[float]) -> None:
+        self.losses = list(losses)
+        self.states: list[dict[str, torch.Tensor]] = []
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    def __call__(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        self.states.append(copy.deepcopy(model.state_dict()))
+        return {"loss": self.losses[len(self.states) - 1], "auc": 0.5}
+
+    def log(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.logged.append((epoch, dict(metrics)))
+
+
+def run_fit(losses: Sequence[float], **params: Any) -> tuple[FitResult, Scripted]:
+    torch.manual_seed(0)
+    inputs = torch.randn(10, 4)
+    dataset = TensorDataset(inputs, inputs.sum(1, keepdim=True))
+    train = DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    val = DataLoader(dataset, batch_size=4)
+    scripted = Scripted(losses)
+    options = {"optimizer": "sgd", "learning_rate": 0.01, "scheduler": "none", **params}
+    result = fit(
+        nn.Linear(4, 1), train, val, nn.MSELoss(), scripted, TrainParams(**options), CPU, scripted.log, "t"
+    )
+    assert len(scripted.states) == result.epochs_run  # one validation per epoch
+    return result, scripted
+
+
+def assert_state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_early_stopping_returns_the_best_epoch() -> None:
+    result, scripted = run_fit([1.0, 0.5, 0.7, 0.8, 0.9, 0.1], min_epochs=1, max_epochs=6, patience=2)
+    assert result.best_epoch == 2 and result.epochs_run == 4
+    assert_state_equal(result.best_state, scripted.states[1])  # the weights after epoch 2, not the last
+    assert not torch.equal(result.best_state["weight"], scripted.states[3]["weight"])
+    assert result.best_metrics["loss"] == 0.5 and result.best_metrics["auc"] == 0.5
+    assert [epoch for epoch, _ in scripted.logged] == [1, 2, 3, 4]
+    assert [metrics["best"] for _, metrics in scripted.logged] == [1.0, 1.0, 0.0, 0.0]
+    assert all(metrics["lr"] == 0.01 and "train_loss" in metrics for _, metrics in scripted.logged)
+    assert result.train_images == 4 * 10
+    assert result.train_seconds > 0 and result.images_per_second > 0
+
+
+def test_the_best_state_is_a_copy() -> None:
+    result, scripted = run_fit([1.0, 2.0, 3.0], min_epochs=3, max_epochs=3, patience=5)
+    assert result.best_epoch == 1
+    assert_state_equal(result.best_state, scripted.states[0])
+    assert not torch.equal(result.best_state["weight"], scripted.states[2]["weight"])
+
+
+def test_max_epochs_is_respected() -> None:
+    result, _ = run_fit([5.0, 4.0, 3.0, 2.0, 1.0], min_epochs=1, max_epochs=3, patience=1)
+    assert result.epochs_run == 3 and result.best_epoch == 3
+
+
+def test_min_epochs_is_respected_even_when_the_loss_worsens() -> None:
+    result, scripted = run_fit([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], min_epochs=5, max_epochs=7, patience=1)
+    assert result.epochs_run == 5 and result.best_epoch == 1
+    assert_state_equal(result.best_state, scripted.states[0])
+    short, _ = run_fit([1.0, 2.0, 3.0, 4.0], min_epochs=1, max_epochs=4, patience=1)
+    assert short.epochs_run == 2
+
+
+def test_an_equal_loss_is_not_an_improvement() -> None:
+    result, _ = run_fit([1.0, 0.5, 0.5, 0.5], min_epochs=1, max_epochs=4, patience=2)
+    assert result.best_epoch == 2 and result.epochs_run == 4
+
+
+def test_a_nan_loss_is_never_the_best() -> None:
+    result, scripted = run_fit([math.nan, 0.9, math.nan, 0.95], min_epochs=1, max_epochs=4, patience=2)
+    assert result.best_epoch == 2 and result.epochs_run == 4
+    assert_state_equal(result.best_state, scripted.states[1])
+
+
+def test_fit_trains_the_model() -> None:
+    losses: list[float] = []
+
+    def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            total = sum(float(nn.functional.mse_loss(model(x), y, reduction="sum")) for x, y in loader)
+        losses.append(total / len(loader.dataset))
+        return {"loss": losses[-1]}
+
+    torch.manual_seed(0)
+    inputs = torch.randn(32, 4)
+    dataset = TensorDataset(inputs, inputs @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]))
+    params = TrainParams(optimizer="adam", learning_rate=0.1, scheduler="cosine", max_epochs=10, patience=10)
+    result = fit(
+        nn.Linear(4, 1),
+        DataLoader(dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
+        DataLoader(dataset, batch_size=8),
+        nn.MSELoss(),
+        evaluate,
+        params,
+        CPU,
+        lambda epoch, metrics: None,
+        "linear",
+    )
+    assert result.epochs_run == 10
+    assert result.best_metrics["loss"] == min(losses) < losses[0] / 4
+    assert result.best_metrics["lr"] < 0.1  # cosine annealing lowered the learning rate
+
+
+def test_format_epoch() -> None:
+    line = format_epoch("classifier fold 0", 3, {"train_loss": 0.5, "loss": 0.25, "lr": 1e-3, "best": 1.0})
+    assert line == "classifier fold 0 epoch 3: train_loss=0.5000 loss=0.2500 lr=1.00e-03 *best*"
+    assert not format_epoch("x", 1, {"loss": 1.0, "lr": 0.1, "best": 0.0}).endswith("*best*")
