@@ -1,0 +1,93 @@
+"""Stage score_train (notebook 2): out-of-fold allMissing for every train image.
+
+Each image is scored only by the fold model that validated on it (did not train on it), so the threshold
+is chosen on honest scores. Images no fold model held out (when fewer folds were trained than
+prepared) are scored by the average of all models and flagged out_of_fold = False.
+Output data/train_missing_count.csv: ImageId, allMissing, has_defect, fold, out_of_fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.core import cli
+from stages.core.device import resolve_runtime
+from stages.core.errors import PipelineError
+from stages.core.inference import all_missing_probability
+from stages.core.io import write_csv
+from stages.core.models import load_classifier
+from stages.core.params import load_section, require
+from stages.core.prepared import load_prepared
+
+MODEL_DIR = Path("models/classifier")
+OUTPUT = Path("data/train_missing_count.csv")
+
+
+@dataclass(frozen=True)
+class ScoreTrainParams:
+    batch_size: int = 32
+    device: str = "auto"
+    mixed_precision: bool = True
+    num_workers: int = 0
+
+    def validate(self, section: str) -> None:
+        require(self.batch_size >= 1, f"{section}.batch_size", "must be at least 1", self.batch_size)
+        require(self.num_workers >= 0, f"{section}.num_workers", "must be >= 0", self.num_workers)
+
+
+def main() -> None:
+    params = load_section(ScoreTrainParams, "score_train")
+    prepared = load_prepared()
+    runtime = resolve_runtime(params.device, params.mixed_precision, "score_train.device")
+    paths = sorted(MODEL_DIR.glob("fold_*.pt"))
+    if not paths:
+        raise PipelineError(f"{MODEL_DIR}: no fold_*.pt checkpoints; run `dvc repro classifier` first")
+    loaded = [load_classifier(path) for path in paths]
+    train = prepared.train
+    scores = np.full(len(train), np.nan)
+    out_of_fold = np.zeros(len(train), dtype=bool)
+    for model, checkpoint in loaded:
+        rows = np.flatnonzero(train["fold"].to_numpy() == checkpoint["val_fold"])
+        size = tuple(checkpoint["config"]["input_size"])
+        scores[rows] = all_missing_probability(
+            [model],
+            train.iloc[rows],
+            prepared.train_images,
+            size,
+            runtime,
+            params.batch_size,
+            params.num_workers,
+        )
+        out_of_fold[rows] = True
+    rest = np.flatnonzero(~out_of_fold)
+    if rest.size:
+        size = tuple(loaded[0][1]["config"]["input_size"])
+        models = [model for model, _ in loaded]
+        scores[rest] = all_missing_probability(
+            models,
+            train.iloc[rest],
+            prepared.train_images,
+            size,
+            runtime,
+            params.batch_size,
+            params.num_workers,
+        )
+    table = pd.DataFrame(
+        {
+            "ImageId": train["ImageId"],
+            "allMissing": scores,
+            "has_defect": train["has_defect"].astype(bool),
+            "fold": train["fold"],
+            "out_of_fold": out_of_fold,
+        }
+    )
+    write_csv(table, OUTPUT)
+    print(f"score_train: {len(table)} train images scored, {int(out_of_fold.sum())} out-of-fold -> {OUTPUT}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,22 @@
+"""The whole DAG, run once per test session through `dvc repro` on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.dvc_repo import copy_repo, run
+
+# One epoch, small inputs: DenseNet121 (the default backbone) as two fold models.
+TINY_TRAINING = {"min_epochs": 1, "max_epochs": 1, "batch_size": 8, "input_height": 64, "input_width": 384}
+DAG_PARAMS = {
+    "classifier": {**TINY_TRAINING, "folds": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def dag_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = copy_repo(tmp_path_factory.mktemp("dag"), DAG_PARAMS)
+    run(repo, "dvc", "repro")
+    return repo

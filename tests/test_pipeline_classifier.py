@@ -1,0 +1,119 @@
+"""Stages classifier, score_train and threshold, run through `dvc repro` (the session's `dag_repo`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stages.core.device import resolve_runtime
+from stages.core.inference import all_missing_probability
+from stages.core.models import load_classifier
+from stages.core.prepared import load_prepared
+from tests.conftest import DAG_PARAMS
+from tests.dvc_repo import params_overridden, run, set_params
+
+CLASSIFIER = DAG_PARAMS["classifier"]
+
+
+@pytest.fixture
+def repo(dag_repo: Path) -> Path:
+    return dag_repo
+
+
+def test_outputs(repo: Path) -> None:
+    assert sorted(p.name for p in (repo / "models/classifier").iterdir()) == ["fold_0.pt", "fold_1.pt"]
+    test_scores = pd.read_csv(repo / "data/test_missing_count.csv")
+    assert list(test_scores.columns) == ["ImageId", "allMissing"]
+    assert len(test_scores) == 8 and test_scores["allMissing"].between(0, 1).all()
+    metrics = json.loads((repo / "data/classifier_metrics.json").read_text())
+    assert {
+        "val_loss",
+        "val_auc",
+        "val_accuracy",
+        "wall_time_s",
+        "peak_memory_mb",
+        "train_images_per_s",
+    } <= set(metrics)
+    assert set(metrics["folds"]) == {"0", "1"}
+    curve = pd.read_csv(repo / "data/live/classifier/plots/metrics/fold_1/loss.tsv", sep="\t")
+    assert list(curve["step"]) == [1]
+    threshold = json.loads((repo / "data/threshold.json").read_text())
+    assert threshold["objective"] == "dice"
+    assert set(threshold["classes"]) == {"defect", "clean"}
+    for name in ("roc.csv", "precision_recall.csv", "histogram.csv", "objective.csv"):
+        assert (repo / "data/plots/threshold" / name).is_file()
+    assert "up to date" in run(repo, "dvc", "status").stdout
+
+
+def test_fold_models_never_score_their_own_training_images(repo: Path) -> None:
+    scores = pd.read_csv(repo / "data/train_missing_count.csv", dtype={"ImageId": str})
+    assert list(scores.columns) == ["ImageId", "allMissing", "has_defect", "fold", "out_of_fold"]
+    checkpoints = {
+        fold: torch.load(repo / f"models/classifier/fold_{fold}.pt", weights_only=False) for fold in (0, 1)
+    }
+    for fold, checkpoint in checkpoints.items():
+        assert checkpoint["val_fold"] == fold and fold not in checkpoint["train_folds"]
+    # Folds 0 and 1 are held out by their own model; folds 2-4 trained both models: not out-of-fold.
+    assert (scores["out_of_fold"] == scores["fold"].isin([0, 1])).all()
+    assert scores["allMissing"].between(0, 1).all()
+
+
+def test_reloaded_checkpoint_reproduces_the_scores(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(repo)
+    prepared = load_prepared()
+    scores = pd.read_csv("data/train_missing_count.csv", dtype={"ImageId": str}).set_index("ImageId")
+    model, checkpoint = load_classifier(Path("models/classifier/fold_1.pt"))
+    rows = prepared.train[prepared.train["fold"] == 1]
+    again = all_missing_probability(
+        [model],
+        rows,
+        prepared.train_images,
+        tuple(checkpoint["config"]["input_size"]),
+        resolve_runtime("cpu", False),
+        4,
+    )
+    np.testing.assert_allclose(again, scores.loc[rows["ImageId"], "allMissing"], atol=1e-6)
+
+
+def test_threshold_param_reruns_only_threshold(repo: Path) -> None:
+    set_params(repo, {"threshold": {"objective": "youden"}})
+    output = run(repo, "dvc", "repro").stdout
+    assert "Running stage 'threshold'" in output
+    for stage in ("synthesize", "prepare", "classifier", "score_train"):
+        assert f"Running stage '{stage}'" not in output
+    assert json.loads((repo / "data/threshold.json").read_text())["objective"] == "youden"
+
+
+def test_classifier_param_reruns_classifier_and_what_follows_it(repo: Path) -> None:
+    before = (repo / "data/train_missing_count.csv").read_text()
+    set_params(repo, {"classifier": {**CLASSIFIER, "learning_rate": 0.0005}})
+    output = run(repo, "dvc", "repro").stdout
+    for stage in ("classifier", "score_train", "threshold"):
+        assert f"Running stage '{stage}'" in output
+    for stage in ("synthesize", "prepare"):
+        assert f"Running stage '{stage}'" not in output
+    assert (repo / "data/train_missing_count.csv").read_text() != before
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"backbone": "vgg99"}, "params: classifier.backbone 'vgg99' is not supported"),
+        ({"encoder_weights": "weights/missing.pth"}, "weights file 'weights/missing.pth' not found"),
+        ({"learning_rate": -0.1}, "params: classifier.learning_rate must be positive, got -0.1"),
+        ({"folds": 9}, "params: classifier.folds must be <= prepare.n_folds (5), got 9"),
+    ],
+)
+def test_bad_classifier_params_fail_with_one_line(
+    repo: Path, override: dict[str, object], message: str
+) -> None:
+    with params_overridden(repo, {"classifier": override}):
+        result = run(repo, "python", "-m", "stages.classifier", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
