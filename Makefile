@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test lint dag metrics clean-venv
+.PHONY: install repro test lint dag metrics clean-venv real
 
 install: $(STAMP)
 
@@ -35,3 +35,19 @@ metrics: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The real-data GPU profile (README "Real data on a GPU"): make real DATA=/path/to/competition/folder
+DATA ?=
+real: $(STAMP)
+	@test -n "$(DATA)" || { echo "error: set DATA=/path/to/severstal-steel-defect-detection" >&2; exit 2; }
+	@test -f "$(DATA)/train.csv" || { echo "error: $(DATA)/train.csv not found" >&2; exit 2; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run \
+	  -S 'data.root=$(abspath $(DATA))' \
+	  -S classifier.input_height=256 -S classifier.input_width=1600 -S classifier.encoder_weights=imagenet \
+	  -S classifier.folds=5 -S classifier.max_epochs=20 -S classifier.patience=4 \
+	  -S classifier.num_workers=4 \
+	  -S segment.backbone=resnet34 -S segment.input_height=256 -S segment.input_width=1600 \
+	  -S segment.encoder_weights=imagenet -S segment.folds=5 -S segment.max_epochs=30 -S segment.patience=5 \
+	  -S segment.batch_size=8 -S segment.num_workers=4 -S segment.train_images=all \
+	  -S 'segment.decoder_channels=[256,128,64,32,16]' \
+	  -S 'segment.min_areas_px=[0,600,1000,2000,3000,4000]'

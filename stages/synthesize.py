@@ -38,6 +38,7 @@ class SynthesizeParams:
     class_weights: tuple[float, ...]
     two_class_fraction: float
     margin_fraction: float
+    benign_mark_fraction: float = 0.0
     train_csv_format: Literal["new", "old"] = "new"
     jpeg_quality: int = 90
     workers: int = 2
@@ -63,6 +64,7 @@ class SynthesizeParams:
             class_weights=self.class_weights,
             two_class_fraction=self.two_class_fraction,
             margin_fraction=self.margin_fraction,
+            benign_mark_fraction=self.benign_mark_fraction,
         )
 
 

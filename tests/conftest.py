@@ -8,10 +8,11 @@ import pytest
 
 from tests.dvc_repo import copy_repo, run
 
-# One epoch, small inputs: DenseNet121 (the default backbone) as two fold models.
+# One epoch each, small inputs: DenseNet121 (the default backbone) as two fold models, one U-Net.
 TINY_TRAINING = {"min_epochs": 1, "max_epochs": 1, "batch_size": 8, "input_height": 64, "input_width": 384}
 DAG_PARAMS = {
     "classifier": {**TINY_TRAINING, "folds": 2},
+    "segment": {**TINY_TRAINING, "folds": 1, "min_areas_px": [0, 200, 1000], "plot_images": 2},
 }
 
 

@@ -80,11 +80,11 @@ def test_reloaded_checkpoint_reproduces_the_scores(repo: Path, monkeypatch: pyte
     np.testing.assert_allclose(again, scores.loc[rows["ImageId"], "allMissing"], atol=1e-6)
 
 
-def test_threshold_param_reruns_only_threshold(repo: Path) -> None:
+def test_threshold_param_reruns_only_threshold_and_postprocess(repo: Path) -> None:
     set_params(repo, {"threshold": {"objective": "youden"}})
     output = run(repo, "dvc", "repro").stdout
-    assert "Running stage 'threshold'" in output
-    for stage in ("synthesize", "prepare", "classifier", "score_train"):
+    assert "Running stage 'threshold'" in output and "Running stage 'postprocess'" in output
+    for stage in ("synthesize", "prepare", "classifier", "score_train", "segment"):
         assert f"Running stage '{stage}'" not in output
     assert json.loads((repo / "data/threshold.json").read_text())["objective"] == "youden"
 
@@ -93,9 +93,9 @@ def test_classifier_param_reruns_classifier_and_what_follows_it(repo: Path) -> N
     before = (repo / "data/train_missing_count.csv").read_text()
     set_params(repo, {"classifier": {**CLASSIFIER, "learning_rate": 0.0005}})
     output = run(repo, "dvc", "repro").stdout
-    for stage in ("classifier", "score_train", "threshold"):
+    for stage in ("classifier", "score_train", "threshold", "postprocess"):
         assert f"Running stage '{stage}'" in output
-    for stage in ("synthesize", "prepare"):
+    for stage in ("synthesize", "prepare", "segment"):
         assert f"Running stage '{stage}'" not in output
     assert (repo / "data/train_missing_count.csv").read_text() != before
 

@@ -226,3 +226,19 @@ def test_validate_spec_names_the_bad_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=rf"^synthesize\.{field} ") as info:
         validate_spec(dataclasses.replace(SyntheticSpec(), **{field: value}))
     assert "\n" not in str(info.value)
+
+
+def test_benign_marks_change_clean_images_only_and_carry_no_mask() -> None:
+    plain = SyntheticSpec(height=64, width=400, clean_fraction=1.0)
+    stained = dataclasses.replace(plain, benign_mark_fraction=1.0)
+    for index in range(4):
+        classes, image, masks = generate(3, "train", index, stained)
+        _, plain_image, _ = generate(3, "train", index, plain)
+        assert classes == () and not masks.any()
+        assert np.abs(image.astype(int) - plain_image.astype(int)).max() > 10  # a visible stain
+    defective = SyntheticSpec(height=64, width=400, clean_fraction=0.0)
+    for index in range(4):
+        with_marks = generate(3, "train", index, dataclasses.replace(defective, benign_mark_fraction=1.0))
+        without = generate(3, "train", index, defective)
+        assert with_marks[0] == without[0]
+        np.testing.assert_array_equal(with_marks[1], without[1])  # defective images never get a stain

@@ -32,6 +32,9 @@ class SyntheticSpec:
     class_weights: tuple[float, ...] = (0.13, 0.04, 0.72, 0.11)  # relative frequency of classes 1..4
     two_class_fraction: float = 0.06  # probability a defective image gets a second (different) class
     margin_fraction: float = 0.12  # probability of a black side margin
+    # Probability that a clean image carries a faded, defect-like stain (no mask): real clean strips have
+    # such marks, and a segmenter trained on defective images only mistakes them for defects.
+    benign_mark_fraction: float = 0.0
 
     NUM_CLASSES: ClassVar[int] = NUM_CLASSES
 
@@ -42,7 +45,7 @@ def validate_spec(spec: SyntheticSpec) -> None:
         value = getattr(spec, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 32:
             raise ValueError(f"synthesize.{name} must be an integer >= 32, got {value!r}")
-    for name in ("clean_fraction", "two_class_fraction", "margin_fraction"):
+    for name in ("clean_fraction", "two_class_fraction", "margin_fraction", "benign_mark_fraction"):
         value = getattr(spec, name)
         # Written as a negated range check so that NaN is rejected too.
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -98,6 +101,10 @@ def render(
         grow = max(1, round(_MASK_GROW[int(cls)] * scale))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         masks[int(cls) - 1, :, x0:x1] = cv2.dilate(shape, kernel)
+
+    # Drawn only when enabled, so the random stream of specs without benign marks is unchanged.
+    if not classes and spec.benign_mark_fraction > 0 and rng.random() < spec.benign_mark_fraction:
+        _draw_benign_mark(rng, img[:, valid_lo:valid_hi], scale)
 
     if margin is not None:
         margin.apply(rng, img)
@@ -342,5 +349,14 @@ def _draw_blotches(rng: np.random.Generator, view: np.ndarray, scale: float) -> 
 
 
 _DRAWERS = {1: _draw_pits, 2: _draw_vertical_marks, 3: _draw_class3, 4: _draw_blotches}
+
+
+def _draw_benign_mark(rng: np.random.Generator, view: np.ndarray, scale: float) -> None:
+    """A stain that is not a defect: a class-4 blotch or class-3 scuff at 50-70% of its contrast."""
+    original = view.copy()
+    _DRAWERS[4 if rng.random() < 0.5 else 3](rng, view, scale)
+    view[...] = original + rng.uniform(0.5, 0.7) * (view - original)
+
+
 # Mask dilation per class (reference pixels): covers the blurred rim and mimics loose annotation polygons.
 _MASK_GROW = {1: 3.0, 2: 3.0, 3: 6.0, 4: 8.0}
