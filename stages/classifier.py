@@ -27,7 +27,7 @@ from stages.core.io import atomic_path, write_csv, write_json
 from stages.core.models import CLASSIFIER_BACKBONES, AllMissingClassifier, check_encoder, save_checkpoint
 from stages.core.params import load_section, require
 from stages.core.prepared import load_prepared
-from stages.core.training import TrainParams, fit, format_epoch, make_loader, seed_everything
+from stages.core.training import TrainParams, epoch_logger, fit, make_loader, seed_everything
 
 MODEL_DIR = Path("models/classifier")
 TEST_SCORES = Path("data/test_missing_count.csv")
@@ -104,13 +104,6 @@ def main() -> None:
                 model.freeze_encoder()
             model = runtime.model(model)
             name = f"classifier fold {fold}"
-
-            def log_epoch(epoch: int, metrics: dict[str, float], fold: int = fold, name: str = name) -> None:
-                print(format_epoch(name, epoch, metrics), flush=True)
-                live.step = epoch
-                for key, value in metrics.items():
-                    live.log_metric(f"fold_{fold}/{key}", value, plot=key != "best")
-
             result = fit(
                 model,
                 train_loader,
@@ -119,7 +112,7 @@ def main() -> None:
                 lambda m, loader: evaluate_classifier(m, loader, runtime),
                 params,
                 runtime,
-                log_epoch,
+                epoch_logger(live, name, fold),
                 name,
             )
             model.load_state_dict(result.best_state)

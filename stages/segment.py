@@ -39,7 +39,7 @@ from stages.core.overlay import truth_vs_prediction
 from stages.core.params import load_section, require
 from stages.core.postprocess import ClassRule, GridSearch
 from stages.core.prepared import Prepared, load_prepared
-from stages.core.training import TrainParams, fit, format_epoch, make_loader, seed_everything
+from stages.core.training import TrainParams, epoch_logger, fit, make_loader, seed_everything
 
 MODEL_DIR = Path("models/unet")
 SUBMISSION_RAW = Path("data/submission_raw.csv")
@@ -165,13 +165,6 @@ def train_folds(
             model.freeze_encoder()
         model = runtime.model(model)
         name = f"segment fold {fold}"
-
-        def log_epoch(epoch: int, metrics: dict[str, float], fold: int = fold, name: str = name) -> None:
-            print(format_epoch(name, epoch, metrics), flush=True)
-            live.step = epoch
-            for key, value in metrics.items():
-                live.log_metric(f"fold_{fold}/{key}", value, plot=key != "best")
-
         result = fit(
             model,
             train_loader,
@@ -180,7 +173,7 @@ def train_folds(
             lambda m, loader: evaluate_segmentation(m, loader, loss_fn, runtime),
             params,
             runtime,
-            log_epoch,
+            epoch_logger(live, name, fold),
             name,
         )
         model.load_state_dict(result.best_state)

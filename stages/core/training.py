@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from dvclive import Live
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -199,3 +200,15 @@ def format_epoch(name: str, epoch: int, metrics: dict[str, float]) -> str:
     parts = [f"{key}={value:.4f}" for key, value in metrics.items() if key not in ("best", "lr")]
     marker = " *best*" if metrics.get("best") else ""
     return f"{name} epoch {epoch}: " + " ".join(parts) + f" lr={metrics['lr']:.2e}{marker}"
+
+
+def epoch_logger(live: Live, name: str, fold: int) -> Callable[[int, dict[str, float]], None]:
+    """The per-epoch callback of fit(): one log line, and the fold's curves to dvclive."""
+
+    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        print(format_epoch(name, epoch, metrics), flush=True)
+        live.step = epoch
+        for key, value in metrics.items():
+            live.log_metric(f"fold_{fold}/{key}", value, plot=key != "best")
+
+    return log_epoch
