@@ -58,7 +58,7 @@ def test_truth_scores_one_and_empty_scores_the_empty_fraction(repo: Path) -> Non
 
 
 def test_up_to_date_dag_reruns_nothing_and_a_prepare_param_reruns_only_prepare(repo: Path) -> None:
-    assert "up to date" in run(repo, "dvc", "status").stdout
+    assert "up to date" in run(repo, "dvc", "status", "prepare").stdout
     set_params(repo, {"prepare": {"seed": 7}})
     output = run(repo, "dvc", "repro", "prepare").stdout
     assert "Running stage 'prepare'" in output
