@@ -67,12 +67,7 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, runtime: Runtime) 
 def main() -> None:
     params = load_section(ClassifierParams, "classifier")
     prepared = load_prepared()
-    require(
-        params.folds <= prepared.n_folds,
-        "classifier.folds",
-        f"must be <= prepare.n_folds ({prepared.n_folds})",
-        params.folds,
-    )
+    params.check_folds("classifier", prepared.n_folds)
     runtime = resolve_runtime(params.device, params.mixed_precision, "classifier.device")
     train = prepared.train
     config = {"backbone": params.backbone, "dropout": params.dropout, "input_size": list(params.input_size)}

@@ -253,12 +253,7 @@ def predict_holdout(
 def main() -> None:
     params = load_section(SegmentParams, "segment")
     prepared = load_prepared()
-    require(
-        params.folds <= prepared.n_folds,
-        "segment.folds",
-        f"must be <= prepare.n_folds ({prepared.n_folds})",
-        params.folds,
-    )
+    params.check_folds("segment", prepared.n_folds)
     runtime = resolve_runtime(params.device, params.mixed_precision, "segment.device")
     started = time.perf_counter()
     runtime.reset_peak_memory()

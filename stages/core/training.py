@@ -72,6 +72,12 @@ class TrainParams:
         require(self.num_workers >= 0, f"{section}.num_workers", "must be >= 0", self.num_workers)
         self.augment.validate(f"{section}.augment")
 
+    def check_folds(self, section: str, n_folds: int) -> None:
+        """The fold models to train must exist in the prepared fold table."""
+        require(
+            self.folds <= n_folds, f"{section}.folds", f"must be <= prepare.n_folds ({n_folds})", self.folds
+        )
+
     @property
     def input_size(self) -> tuple[int, int]:
         return self.input_height, self.input_width
