@@ -1,6 +1,8 @@
-"""Benchmark: milliseconds to render one synthetic image (run by hand; figures go in the README).
+"""Benchmark: milliseconds to render one synthetic image of each look (run by hand; figures go in the README).
 
 .venv/bin/python -m benchmarks.synthesize_speed [--images 50] [--height 256 --width 1600]
+
+Both looks render the same planned class mix side by side in one run, so their ratio holds on any machine.
 """
 
 from __future__ import annotations
@@ -8,7 +10,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from stages.core.synthetic import SyntheticSpec, generate
+from stages.core.synthetic import LOOKS, SyntheticSpec, generate, plan_split
+
+
+def render_ms(spec: SyntheticSpec, images: int) -> float:
+    plan = plan_split(0, "train", images, spec)
+    generate(0, "train", 0, spec, plan[0])  # warm-up: imports and allocator
+    started = time.perf_counter()
+    for index, classes in enumerate(plan):
+        generate(0, "train", index, spec, classes)
+    return (time.perf_counter() - started) / images * 1000
 
 
 def main() -> None:
@@ -17,15 +28,14 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=1600)
     args = parser.parse_args()
-    spec = SyntheticSpec(height=args.height, width=args.width)
-    generate(0, "train", 0, spec)  # warm-up: imports and allocator
-    started = time.perf_counter()
-    for index in range(args.images):
-        generate(0, "train", index, spec)
-    per_image = (time.perf_counter() - started) / args.images * 1000
-    print(
-        f"synthetic render: {per_image:.1f} ms per {args.height}x{args.width} image over {args.images} images"
-    )
+    times = {
+        look: render_ms(SyntheticSpec(args.height, args.width, look=look), args.images) for look in LOOKS
+    }
+    for look, per_image in times.items():
+        print(
+            f"synthetic render, look {look}: {per_image:.1f} ms per {args.height}x{args.width} image "
+            f"over {args.images} images ({per_image / times[LOOKS[0]]:.2f}x {LOOKS[0]})"
+        )
 
 
 if __name__ == "__main__":

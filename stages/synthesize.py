@@ -20,7 +20,7 @@ from stages.core import cli, rle
 from stages.core.errors import PipelineError
 from stages.core.io import atomic_path, write_json
 from stages.core.params import load_section, require
-from stages.core.synthetic import SyntheticSpec, generate, validate_spec
+from stages.core.synthetic import Look, SyntheticSpec, generate, plan_split, validate_spec
 
 OUT_DIR = Path("data/synthetic")
 STATS_FILE = Path("data/synthetic_stats.json")
@@ -39,6 +39,7 @@ class SynthesizeParams:
     two_class_fraction: float
     margin_fraction: float
     benign_mark_fraction: float = 0.0
+    look: Look = "rolled"  # "brushed": a second look, to check that the pipeline generalises
     train_csv_format: Literal["new", "old"] = "new"
     jpeg_quality: int = 90
     workers: int = 2
@@ -65,6 +66,7 @@ class SynthesizeParams:
             two_class_fraction=self.two_class_fraction,
             margin_fraction=self.margin_fraction,
             benign_mark_fraction=self.benign_mark_fraction,
+            look=self.look,
         )
 
 
@@ -73,9 +75,11 @@ def image_name(seed: int, split: str, index: int) -> str:
     return hashlib.sha1(f"{seed}/{split}/{index}".encode()).hexdigest()[:9] + ".jpg"
 
 
-def _render_one(args: tuple[int, str, int, SyntheticSpec, int, Path]) -> tuple[str, list[str], list[int]]:
-    seed, split, index, spec, quality, folder = args
-    _, image, masks = generate(seed, split, index, spec)
+def _render_one(
+    args: tuple[int, str, int, SyntheticSpec, tuple[int, ...], int, Path],
+) -> tuple[str, list[str], list[int]]:
+    seed, split, index, spec, classes, quality, folder = args
+    image, masks = generate(seed, split, index, spec, classes)
     name = image_name(seed, split, index)
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -89,7 +93,12 @@ def render_split(
 ) -> pd.DataFrame:
     """Write the split's images; return one row per image: ImageId, rle_1..4, area_1..4."""
     folder.mkdir(parents=True)
-    jobs = [(params.seed, split, i, params.spec, params.jpeg_quality, folder) for i in range(count)]
+    # The class plan is made here, once per split, so that the workers only render.
+    plan = plan_split(params.seed, split, count, params.spec)
+    jobs = [
+        (params.seed, split, i, params.spec, classes, params.jpeg_quality, folder)
+        for i, classes in enumerate(plan)
+    ]
     rows = []
     for name, rles, areas in pool.map(_render_one, jobs, chunksize=8):
         rows.append([name, *rles, *areas])

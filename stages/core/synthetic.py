@@ -4,37 +4,50 @@ Pure generator: numpy for noise and arithmetic, cv2 for drawing, resizing and bl
 Sizes below are given in pixels of a real 256-px-tall image and scale with the image height, so that
 64x400 or 128x800 images look like downscaled 256x1600 ones.
 
+Two looks share one contract (four classes, disjoint masks, three equal uint8 channels). "rolled" is the
+default dataset, "brushed" a second one the pipeline was not tuned on, to check that it generalises.
 The four defect classes are drawn in deliberately different styles so that a small CNN can separate them:
-  1: clusters of small dark pits,
-  2: a few short, narrow, mostly vertical marks (all lighter or all darker than the steel),
-  3: long light scratches and/or large light, rough scuffed areas,
-  4: large, very dark irregular blotches.
+  rolled: 1 clusters of small dark pits, 2 a few short, narrow, mostly vertical marks, 3 long light
+          scratches and/or large light, rough scuffed areas, 4 large, very dark irregular blotches;
+  brushed: 1 loose groups of small comet-shaped inclusions, 2 thin (1-3 px) scratches at any angle,
+          3 long dark mottled bands of rolled-in scale along the strip, 4 large round dents with a rim.
 Each class is drawn inside its own horizontal segment of the strip, which keeps the masks of different
 classes disjoint without having to erase a defect that has already been drawn.
+
+Which classes each image holds is planned per split (plan_split) with exact quotas, then every image is
+rendered from its own random stream (generate), so rendering is independent of call order.
 """
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import cv2
 import numpy as np
 
 NUM_CLASSES = 4
+Look = Literal["rolled", "brushed"]
+LOOKS: tuple[str, ...] = get_args(Look)
 _SPLIT_IDS: dict[str, int] = {"train": 0, "test": 1}  # stable, unlike hash() which is salted per process
 _REF_HEIGHT = 256
+# Seed entropy is zero-padded, so [seed, split] would give the same stream as image 0's [seed, split, 0];
+# the split plan's stream is told apart by a spawn key instead.
+_PLAN_SPAWN_KEY = 1
 
 
 @dataclass(frozen=True)
 class SyntheticSpec:
     height: int = 256
     width: int = 1600
-    clean_fraction: float = 0.5  # probability an image has no defect
+    clean_fraction: float = 0.5  # share of images without any defect
     class_weights: tuple[float, ...] = (0.13, 0.04, 0.72, 0.11)  # relative frequency of classes 1..4
-    two_class_fraction: float = 0.06  # probability a defective image gets a second (different) class
+    two_class_fraction: float = 0.06  # share of defective images with a second (different) class
     margin_fraction: float = 0.12  # probability of a black side margin
     # Probability that a clean image carries a faded, defect-like stain (no mask): real clean strips have
     # such marks, and a segmenter trained on defective images only mistakes them for defects.
     benign_mark_fraction: float = 0.0
+    look: Look = "rolled"  # texture and defect styles, see the module docstring
 
     NUM_CLASSES: ClassVar[int] = NUM_CLASSES
 
@@ -61,35 +74,59 @@ def validate_spec(spec: SyntheticSpec) -> None:
         raise ValueError(
             f"synthesize.class_weights must be finite, non-negative and have a positive sum, got {weights!r}"
         )
+    if spec.look not in LOOKS:
+        raise ValueError(f"synthesize.look must be one of {', '.join(LOOKS)}, got {spec.look!r}")
 
 
-def sample_classes(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[int, ...]:
-    """Sorted 1-based class ids present in one image (empty tuple = clean)."""
-    if rng.random() < spec.clean_fraction:
-        return ()
+def plan_split(seed: int, split: str, count: int, spec: SyntheticSpec) -> list[tuple[int, ...]]:
+    """Sorted 1-based class ids of each image of a split (empty tuple = clean), deterministic for the args.
+
+    Quotas rather than independent draws per image: an independent draw left the 100-image default test
+    split without a single class-2 image, so class 2 could not be evaluated. round(count * clean_fraction)
+    images are clean (half rounds up); the first classes of the defective ones follow class_weights by
+    largest-remainder rounding; round(defective * two_class_fraction) of them get a second class drawn
+    with the weights; the order is shuffled with a stream seeded from (seed, split) only.
+    """
+    _check_split(split)
+    validate_spec(spec)
+    if not isinstance(count, int) or count < 0:
+        raise ValueError(f"count must be a non-negative integer, got {count!r}")
+    rng = np.random.default_rng(
+        np.random.SeedSequence([seed, _SPLIT_IDS[split]], spawn_key=(_PLAN_SPAWN_KEY,))
+    )
+    n_clean = _round_half_up(count * spec.clean_fraction)
+    n_defective = count - n_clean
     weights = np.asarray(spec.class_weights, dtype=np.float64)
-    first = int(rng.choice(NUM_CLASSES, p=weights / weights.sum()))
-    weights[first] = 0.0
-    # Draw the two-class coin even when no second class is possible, so the stream layout is fixed.
-    if rng.random() < spec.two_class_fraction and weights.sum() > 0.0:
-        second = int(rng.choice(NUM_CLASSES, p=weights / weights.sum()))
-        return tuple(sorted((first + 1, second + 1)))
-    return (first + 1,)
+    firsts = np.repeat(np.arange(NUM_CLASSES), _largest_remainder(weights, n_defective))
+    # Only images whose first class leaves another class with a positive weight can get a second one.
+    pairable = np.flatnonzero([weights.sum() - weights[first] > 0.0 for first in firsts])
+    n_two = min(_round_half_up(n_defective * spec.two_class_fraction), len(pairable))
+    plan: list[tuple[int, ...]] = [(int(first) + 1,) for first in firsts]
+    for i in np.sort(rng.choice(pairable, n_two, replace=False)):
+        rest = weights.copy()
+        rest[firsts[i]] = 0.0
+        second = int(rng.choice(NUM_CLASSES, p=rest / rest.sum()))
+        plan[i] = tuple(sorted((int(firsts[i]) + 1, second + 1)))
+    plan += [()] * n_clean
+    return [plan[i] for i in rng.permutation(count)]
 
 
 def render(
     rng: np.random.Generator, spec: SyntheticSpec, classes: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one image containing exactly the given classes.
+    """Draw one image of spec.look containing exactly the given classes.
 
     Returns image uint8 (height, width, 3) with three equal channels, and masks uint8 (4, height, width)
     of 0/1 where mask k-1 covers the drawn class-k defect (dilated a little, like loose annotations).
     """
     if len(set(classes)) != len(classes) or not all(1 <= c <= NUM_CLASSES for c in classes):
         raise ValueError(f"classes must be distinct ids in 1..{NUM_CLASSES}, got {classes!r}")
+    if spec.look not in _LOOK_STYLES:
+        raise ValueError(f"look must be one of {', '.join(LOOKS)}, got {spec.look!r}")
+    style = _LOOK_STYLES[spec.look]
     h, w = spec.height, spec.width
     scale = h / _REF_HEIGHT
-    img = _background(rng, h, w, scale)
+    img = style.background(rng, h, w, scale)
     masks = np.zeros((NUM_CLASSES, h, w), dtype=np.uint8)
 
     margin = _sample_margin(rng, h, w, scale, spec.margin_fraction)
@@ -97,14 +134,14 @@ def render(
     order = rng.permutation(np.asarray(classes, dtype=np.int64))  # which class gets which segment
     for cls, (x0, x1) in zip(order, _segments(rng, valid_lo, valid_hi, len(order), scale), strict=True):
         view = img[:, x0:x1]  # a view: drawers modify the image in place
-        shape = _DRAWERS[int(cls)](rng, view, scale)
-        grow = max(1, round(_MASK_GROW[int(cls)] * scale))
+        shape = style.drawers[int(cls)](rng, view, scale)
+        grow = max(1, round(style.mask_grow[int(cls)] * scale))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
         masks[int(cls) - 1, :, x0:x1] = cv2.dilate(shape, kernel)
 
     # Drawn only when enabled, so the random stream of specs without benign marks is unchanged.
     if not classes and spec.benign_mark_fraction > 0 and rng.random() < spec.benign_mark_fraction:
-        _draw_benign_mark(rng, img[:, valid_lo:valid_hi], scale)
+        style.benign(rng, img[:, valid_lo:valid_hi], scale)
 
     if margin is not None:
         margin.apply(rng, img)
@@ -113,16 +150,44 @@ def render(
 
 
 def generate(
-    seed: int, split: str, index: int, spec: SyntheticSpec
-) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
-    """Deterministic (classes, image, masks) for (seed, split, index), independent of call order."""
-    if split not in _SPLIT_IDS:
-        raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
+    seed: int, split: str, index: int, spec: SyntheticSpec, classes: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (image, masks) of image `index` of a split holding `classes` (from plan_split),
+    rendered from its own random stream, so images can be rendered in any order or in parallel."""
+    _check_split(split)
     validate_spec(spec)
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-    classes = sample_classes(rng, spec)
-    image, masks = render(rng, spec, classes)
-    return classes, image, masks
+    # Skip the draws the former per-image class sampling took from this stream (1 for a clean image,
+    # 2 + one per class otherwise): an image planned with the same classes renders exactly as before.
+    rng.random(1 if not classes else 2 + len(classes))
+    return render(rng, spec, classes)
+
+
+def _check_split(split: str) -> None:
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
+
+
+def _round_half_up(value: float) -> int:
+    """Round .5 up, not to even as round() does, so that 0.5 of an image counts as one."""
+    return math.floor(value + 0.5)
+
+
+def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+    """Integer counts proportional to weights that sum to total (Hamilton's largest-remainder method).
+
+    A class expecting half an image or more but floored to none goes first for the leftover seats, so it
+    is present whenever there are enough seats: plain largest remainder can leave it out (weights
+    0.13/0.04/0.72/0.11 and 5 images: quotas 0.65/0.2/3.6/0.55 seat class 3 before class 4).
+    """
+    quotas = total * weights / weights.sum()
+    counts = np.floor(quotas).astype(np.int64)
+    remainders = quotas - counts + 2.0 * ((counts == 0) & (quotas >= 0.5))
+    remainders[weights <= 0.0] = -1.0  # a zero weight never gets a seat
+    # The stable sort gives tied remainders to the lower class id, which keeps the plan deterministic.
+    extra = np.argsort(-remainders, kind="stable")[: total - int(counts.sum())]
+    counts[extra] += 1
+    return counts
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -151,7 +216,7 @@ def _place(rng: np.random.Generator, size: int, extent: int, pad: int) -> int:
     return int(rng.integers(lo, max(lo, hi) + 1))
 
 
-def _background(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+def _rolled_background(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
     """Clean rolled steel: uneven illumination, horizontal rolling streaks and fine grain (float32)."""
     # Illumination: a few brighter/darker zones along the strip plus gentle ramps, built on a coarse grid.
     grid_w = int(rng.integers(4, 12))
@@ -227,7 +292,8 @@ def _blob(rng: np.random.Generator, bh: int, bw: int, roughness: float, pad: int
     return (((1.0 - r2 + roughness * wobble > 0.0) & (r2 < 1.0)) | (r2 < 0.15)).astype(np.uint8)
 
 
-# ------------------------------------------------------------------------------------ defect drawers
+# ----------------------------------------------------------------------------- rolled defect drawers
+_Drawer = Callable[[np.random.Generator, np.ndarray, float], np.ndarray]
 # Each drawer darkens/lightens `view` (the class's segment of the float image) in place and returns the
 # 0/1 uint8 shape it drew; render() dilates that shape into the mask.
 
@@ -348,15 +414,295 @@ def _draw_blotches(rng: np.random.Generator, view: np.ndarray, scale: float) -> 
     return shape
 
 
-_DRAWERS = {1: _draw_pits, 2: _draw_vertical_marks, 3: _draw_class3, 4: _draw_blotches}
+_ROLLED_DRAWERS: dict[int, _Drawer] = {
+    1: _draw_pits,
+    2: _draw_vertical_marks,
+    3: _draw_class3,
+    4: _draw_blotches,
+}
 
 
-def _draw_benign_mark(rng: np.random.Generator, view: np.ndarray, scale: float) -> None:
+def _draw_rolled_benign_mark(rng: np.random.Generator, view: np.ndarray, scale: float) -> None:
     """A stain that is not a defect: a class-4 blotch or class-3 scuff at 50-70% of its contrast."""
     original = view.copy()
-    _DRAWERS[4 if rng.random() < 0.5 else 3](rng, view, scale)
+    _ROLLED_DRAWERS[4 if rng.random() < 0.5 else 3](rng, view, scale)
     view[...] = original + rng.uniform(0.5, 0.7) * (view - original)
 
 
-# Mask dilation per class (reference pixels): covers the blurred rim and mimics loose annotation polygons.
-_MASK_GROW = {1: 3.0, 2: 3.0, 3: 6.0, 4: 8.0}
+_ROLLED_MASK_GROW = {1: 3.0, 2: 3.0, 3: 6.0, 4: 8.0}
+
+
+# ------------------------------------------------------------------------------------------- brushed look
+
+
+def _noise_1d(rng: np.random.Generator, n: int, knots: int) -> np.ndarray:
+    """Smooth 1-D noise of n samples (float32, about unit scale) with `knots` independent values along it."""
+    low = rng.standard_normal((1, max(2, knots)), dtype=np.float32)
+    return cv2.resize(low, (n, 1), interpolation=cv2.INTER_CUBIC)[0]
+
+
+def _stroke(canvas: np.ndarray, points: np.ndarray, width: int) -> None:
+    """Polyline exactly `width` px wide (0/1 on a uint8 canvas, in place).
+
+    cv2 draws thickness t about 2t-1 px wide, so odd widths use t = width - 1 (1 px for width 1) and even
+    widths add a copy shifted by one pixel across the line.
+    """
+    odd = width if width % 2 else width - 1
+    cv2.polylines(canvas, [points], False, 1, 1 if odd == 1 else odd - 1)
+    if width % 2 == 0:
+        span = points[-1] - points[0]
+        step = np.array([0, 1] if abs(int(span[0])) >= abs(int(span[1])) else [1, 0], dtype=np.int32)
+        cv2.polylines(canvas, [points + step], False, 1, 1 if odd == 1 else odd - 1)
+
+
+def _brushed_background(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+    """Clean brushed (cold-rolled) steel: bright, with fine brushing grain across the strip at a slight
+    slant, faint periodic roll marks, and illumination that varies across the strip instead of along it."""
+    # Illumination: smooth zones plus a ramp from the top edge to the bottom one, soft-limited like rolled's.
+    across = _noise_1d(rng, h, int(rng.integers(3, 7))) * np.float32(rng.uniform(5.0, 10.0))
+    across += np.linspace(-1.0, 1.0, h, dtype=np.float32) * np.float32(rng.uniform(-14.0, 14.0))
+    level = np.float32(18.0) * np.tanh(across / np.float32(18.0)) + np.float32(rng.uniform(145.0, 175.0))
+    # Roll marks: soft bands across the strip, repeating along it once per turn of the work roll.
+    period = rng.uniform(180.0, 420.0) * scale
+    xs = np.arange(w, dtype=np.float32)
+    dist = np.abs((xs - np.float32(rng.uniform(0.0, period) - period / 2)) % np.float32(period) - period / 2)
+    sigma = np.float32(rng.uniform(6.0, 18.0) * scale)
+    amplitude = np.float32(rng.uniform(3.0, 7.0) * (1.0 if rng.random() < 0.5 else -1.0))
+    marks = amplitude * np.exp(-0.5 * (dist / sigma) ** 2)
+    img = level[:, None] + marks[None, :]
+    # Grain: one random profile swept across the strip at a slant, so that every line shares one direction.
+    slant = np.tan(np.radians(rng.uniform(-25.0, 25.0)))
+    offsets = np.round(np.arange(h) * slant).astype(np.int32)
+    offsets -= offsets.min()
+    n = w + int(offsets.max())
+    profile = np.zeros(n, dtype=np.float32)
+    for sigma_ref, low, high in ((0.6, 3.0, 6.0), (4.0, 2.0, 4.0)):  # fine lines and broader bands
+        line = cv2.GaussianBlur(rng.standard_normal((1, n), dtype=np.float32), (0, 0), sigma_ref * scale)[0]
+        profile += line * np.float32(rng.uniform(low, high) / (line.std() + 1e-6))
+    grain = profile[np.arange(w, dtype=np.int32)[None, :] + offsets[:, None]]
+    # Brushing is uneven: the grain fades in and out over a few tens of pixels.
+    fade = _smooth_noise(
+        rng, (round(h / (40.0 * scale)), round(w / (40.0 * scale))), (h, w), cv2.INTER_LINEAR
+    )
+    img += grain * np.clip(np.float32(0.6) + np.float32(0.4) * fade, 0.2, 1.0)
+    img += rng.standard_normal((h, w), dtype=np.float32) * np.float32(rng.uniform(2.0, 4.0))
+    return img
+
+
+def _stamp_comet(
+    dark: np.ndarray,
+    rim: np.ndarray,
+    y: float,
+    x: float,
+    r: float,
+    length: float,
+    direction: int,
+    ring: float,
+) -> None:
+    """Add one comet's darkening alpha to `dark` (and its head's rim alpha to `rim`), in place."""
+    h, w = dark.shape
+    reach = r + ring + 1.0
+    y0, y1 = max(0, math.floor(y - reach)), min(h, math.ceil(y + reach) + 1)
+    back, ahead = (reach, length + 1.0) if direction > 0 else (length + 1.0, reach)
+    x0, x1 = max(0, math.floor(x - back)), min(w, math.ceil(x + ahead) + 1)
+    dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(y)
+    dx = (np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(x)) * np.float32(direction)
+    dist = np.sqrt(dy * dy + dx * dx)
+    head = np.clip(r + 0.5 - dist, 0.0, 1.0)
+    t = dx / np.float32(length)  # 0 at the head, 1 at the tail's end
+    across = np.clip(r * (1.0 - 0.75 * t) + 0.5 - np.abs(dy), 0.0, 1.0)  # the tail narrows as it fades
+    tail = np.where((t >= 0.0) & (t <= 1.0), across * 0.8 * np.clip(1.0 - t, 0.0, 1.0) ** 1.5, 0.0)
+    alpha = np.maximum(head, tail)
+    np.maximum(dark[y0:y1, x0:x1], alpha, out=dark[y0:y1, x0:x1])
+    halo = np.clip(1.0 - np.abs(dist - (r + 0.5 + ring / 2)) / (ring / 2 + 0.5), 0.0, 1.0) * (alpha < 0.1)
+    np.maximum(rim[y0:y1, x0:x1], halo, out=rim[y0:y1, x0:x1])
+
+
+def _draw_comets(rng: np.random.Generator, view: np.ndarray, scale: float) -> np.ndarray:
+    """Class 1: loose groups of small comet-shaped inclusions: a dark head 3-8 px across with a fading tail
+    10-30 px long trailing along the strip (the same way across the image); in some images a bright rim."""
+    h, w = view.shape
+    dark = np.zeros((h, w), dtype=np.float32)
+    rim = np.zeros((h, w), dtype=np.float32)
+    direction = 1 if rng.random() < 0.5 else -1
+    rimmed = bool(rng.random() < 0.35)
+    ring = max(1.0, 1.5 * scale)
+    pad = round(8 * scale)
+    for _ in range(int(rng.integers(1, 4))):
+        spread = rng.uniform(10.0, 40.0) * scale
+        cy = _place(rng, 1, h, pad + round(spread))
+        cx = _place(rng, 1, w, pad + round(spread))
+        n = int(rng.integers(2, 9))
+        ys = np.clip(rng.normal(cy, spread, n), 0, h - 1)
+        xs = np.clip(rng.normal(cx, spread * 2.0, n), 0, w - 1)  # groups spread along the strip
+        radii = np.maximum(1.0, rng.uniform(1.5, 4.0, n) * scale)  # a dot even when downscaled
+        lengths = np.maximum(2.0, rng.uniform(10.0, 30.0, n) * scale)
+        for y, x, r, length in zip(ys, xs, radii, lengths, strict=True):
+            _stamp_comet(dark, rim, float(y), float(x), float(r), float(length), direction, ring)
+    view *= 1.0 - np.float32(rng.uniform(0.5, 0.7)) * dark
+    shape = dark > 0.1  # the faint end of a tail is not part of the defect
+    if rimmed:
+        # Fainter than the head, so the spot stays dark; weaker still when downscaled, where the rim would
+        # otherwise be as large as the head.
+        view += np.float32(rng.uniform(15.0, 30.0) * min(1.0, 2.0 * scale)) * rim
+        shape |= rim > 0.3
+    return shape.astype(np.uint8)
+
+
+def _draw_thin_scratches(rng: np.random.Generator, view: np.ndarray, scale: float) -> np.ndarray:
+    """Class 2: two to five thin scratches (1-3 px wide, 40-300 px long) at any angle, straight or slightly
+    bent; all of an image lighter or all darker than the steel, with strong contrast."""
+    h, w = view.shape
+    shape = np.zeros((h, w), dtype=np.uint8)
+    pad = max(1, round(4 * scale))
+    for _ in range(int(rng.integers(2, 6))):
+        width = max(1, round(rng.uniform(0.6, 3.4) * scale))
+        length = rng.uniform(40.0, 300.0) * scale
+        angle = rng.uniform(0.0, np.pi)
+        dx, dy = np.cos(angle) * length, np.sin(angle) * length
+        # Shorten a scratch that does not fit its segment rather than let it run off the image.
+        fit = min(
+            1.0, max(0.0, w - 1 - 2 * pad) / max(abs(dx), 1e-6), max(0.0, h - 1 - 2 * pad) / max(dy, 1e-6)
+        )
+        dx, dy = dx * fit, dy * fit
+        x_lo, y_lo = pad + max(0.0, -dx), float(pad)
+        x0 = rng.uniform(x_lo, max(x_lo, w - 1 - pad - max(0.0, dx)))
+        y0 = rng.uniform(y_lo, max(y_lo, h - 1 - pad - dy))
+        t = np.linspace(0.0, 1.0, 8)
+        bend = rng.normal(0.0, 0.02) * length * fit * 4.0 * t * (1.0 - t)  # sagitta of a few % of the length
+        xs = np.clip(x0 + dx * t - np.sin(angle) * bend, 0, w - 1)
+        ys = np.clip(y0 + dy * t + np.cos(angle) * bend, 0, h - 1)
+        _stroke(shape, np.stack([xs, ys], axis=1).round().astype(np.int32), width)
+    delta = rng.uniform(55.0, 85.0) * (1.0 if rng.random() < 0.5 else -1.0)
+    view += np.float32(delta) * _soft(shape, 0.5 * scale)
+    return shape
+
+
+def _draw_scale_bands(rng: np.random.Generator, view: np.ndarray, scale: float) -> np.ndarray:
+    """Class 3: one or two long bands of rolled-in scale along the strip (dark and mottled, 10-60 px tall,
+    200-1200 px long, ragged edges), in half the images with long thin light scratches beside them."""
+    h, w = view.shape
+    shape = np.zeros((h, w), dtype=np.uint8)
+    pad = round(6 * scale)
+    rows = np.arange(h, dtype=np.float32)[:, None]
+    bands = []
+    for _ in range(int(rng.integers(1, 3))):
+        bw = min(w, max(2, round(rng.uniform(200.0, 1200.0) * scale)))
+        bh = float(min(h - 2, max(2.0, rng.uniform(10.0, 60.0) * scale)))
+        x0 = _place(rng, bw, w, pad)
+        cy = rng.uniform(min(pad + bh, h / 2), max(h - 1 - pad - bh, h / 2))
+        knots = max(2, round(bw / (25.0 * scale)))
+        ends = np.linspace(-1.0, 1.0, bw, dtype=np.float32)
+        half = np.float32(bh / 2) * np.sqrt(np.clip(1.0 - ends**6, 0.0, 1.0))  # blunt, rounded ends
+        centre = np.float32(cy) + _noise_1d(rng, bw, max(2, knots // 6)) * np.float32(0.3 * bh)
+        top = centre - half * (1.0 + 0.3 * _noise_1d(rng, bw, knots))  # each edge ragged on its own
+        bottom = centre + half * (1.0 + 0.3 * _noise_1d(rng, bw, knots))
+        shape[:, x0 : x0 + bw] |= ((rows >= top[None, :]) & (rows <= bottom[None, :])).astype(np.uint8)
+        shape[round(np.clip(cy, 0, h - 1)), x0 + bw // 2] = 1  # never empty, however thin the band
+        bands.append((x0, bw, cy, bh))
+    # Mottle: flakes of scale a few px across, stretched along the strip by rolling.
+    flakes = _smooth_noise(
+        rng, (round(h / (5.0 * scale)), round(w / (12.0 * scale))), (h, w), cv2.INTER_LINEAR
+    )
+    darkness = np.clip(np.float32(rng.uniform(0.35, 0.55)) + np.float32(0.15) * flakes, 0.1, 0.85)
+    view *= 1.0 - darkness * _soft(shape, 1.0 * scale)
+    if rng.random() < 0.5:
+        lines = np.zeros((h, w), dtype=np.uint8)
+        for x0, bw, cy, bh in bands:
+            for _ in range(int(rng.integers(1, 3))):
+                length = max(2, round(bw * rng.uniform(0.5, 1.0)))
+                start = x0 + int(rng.integers(0, bw - length + 1))
+                side = 1.0 if rng.random() < 0.5 else -1.0
+                y = cy + side * rng.uniform(bh / 2 + 4.0 * scale, bh / 2 + 30.0 * scale)
+                rise = np.tan(np.radians(rng.uniform(-2.0, 2.0))) * length
+                bend = rng.normal(0.0, 2.0 * scale, 6) * np.array([0, 1, 1, 1, 1, 0])  # ends stay put
+                xs = np.linspace(start, start + length - 1, 6)
+                ys = np.clip(np.linspace(y, y + rise, 6) + bend, 0, h - 1)
+                width = max(1, round(rng.uniform(0.6, 3.4) * scale))
+                _stroke(lines, np.stack([xs, ys], axis=1).round().astype(np.int32), width)
+        view += np.float32(rng.uniform(40.0, 65.0)) * _soft(lines, 0.5 * scale)
+        shape |= lines
+    return shape
+
+
+def _draw_dents(rng: np.random.Generator, view: np.ndarray, scale: float) -> np.ndarray:
+    """Class 4: one or two large roundish dents or holes 60-250 px across: a dark interior, shaded from one
+    side, inside a bright rim; in one image in four the reverse, a bright interior inside a dark rim."""
+    h, w = view.shape
+    shape = np.zeros((h, w), dtype=np.uint8)
+    inside = np.zeros((h, w), dtype=np.float32)
+    rim = np.zeros((h, w), dtype=np.float32)
+    for _ in range(int(rng.integers(1, 3))):
+        size, aspect = rng.uniform(60.0, 250.0) * scale, rng.uniform(0.6, 1.0)
+        bw, bh = (size, size * aspect) if rng.random() < 0.5 else (size * aspect, size)
+        bw, bh = min(w, max(3, round(bw))), min(h, max(3, round(bh)))
+        rim_px = max(1, round(rng.uniform(3.0, 7.0) * scale))
+        x0, y0 = _place(rng, bw, w, round(6 * scale)), _place(rng, bh, h, round(4 * scale))
+        core = _blob(rng, bh, bw, 0.25, rim_px + 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim_px + 1, 2 * rim_px + 1))
+        ring = cv2.dilate(core, kernel) - core
+        # Lit from one side: the interior is deeper on one side than the other.
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        gx = np.linspace(-1.0, 1.0, bw, dtype=np.float32)[None, :] * np.float32(np.cos(angle))
+        gy = np.linspace(-1.0, 1.0, bh, dtype=np.float32)[:, None] * np.float32(np.sin(angle))
+        box = (slice(y0, y0 + bh), slice(x0, x0 + bw))
+        np.maximum(inside[box], core * (1.0 + 0.3 * (gx + gy)), out=inside[box])
+        np.maximum(rim[box], ring.astype(np.float32), out=rim[box])
+        shape[box] |= core | ring
+    rim[inside > 0.0] = 0.0  # where two dents overlap, one's rim must not cross the other's interior
+    inside, rim = _soft(inside, 1.5 * scale), _soft(rim, 1.0 * scale)
+    if rng.random() < 0.75:
+        view *= 1.0 - np.float32(rng.uniform(0.45, 0.6)) * inside
+        view += np.float32(rng.uniform(35.0, 55.0)) * rim
+    else:
+        view += np.float32(rng.uniform(35.0, 50.0)) * inside
+        view *= 1.0 - np.float32(rng.uniform(0.4, 0.55)) * rim
+    return shape
+
+
+_BRUSHED_DRAWERS: dict[int, _Drawer] = {
+    1: _draw_comets,
+    2: _draw_thin_scratches,
+    3: _draw_scale_bands,
+    4: _draw_dents,
+}
+# Class 2 grows by only ~2 px: its 1-3 px scratches get 5-7 px masks, so thin defects stay thin.
+_BRUSHED_MASK_GROW = {1: 3.0, 2: 2.0, 3: 4.0, 4: 6.0}
+
+
+def _draw_stain(rng: np.random.Generator, view: np.ndarray, scale: float) -> None:
+    """A clean-strip mark that is not a defect: a faint oil stain (a soft, slightly darker patch) or a water
+    mark (the faint tide line of a dried drop), well below a dent's or scale band's contrast."""
+    h, w = view.shape
+    bw = min(w, max(3, round(rng.uniform(80.0, 500.0) * scale)))
+    bh = min(h, max(3, round(rng.uniform(0.3, 0.9) * h)))
+    x0, y0 = _place(rng, bw, w, round(6 * scale)), _place(rng, bh, h, round(4 * scale))
+    sigma = 4.0 * scale
+    oil = bool(rng.random() < 0.5)
+    blob = _blob(rng, bh, bw, 0.5 if oil else 0.2, round(2 * sigma))  # a dried drop's outline is smoother
+    box = view[y0 : y0 + bh, x0 : x0 + bw]  # a view: changes go to the image
+    if oil:
+        box *= 1.0 - np.float32(rng.uniform(0.1, 0.18)) * _soft(blob, sigma)
+    else:
+        tide = max(1, round(3 * scale))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tide + 1, 2 * tide + 1))
+        edge = blob - cv2.erode(blob, kernel)
+        box -= np.float32(rng.uniform(14.0, 24.0)) * _soft(edge, 0.8 * scale)
+        box -= np.float32(rng.uniform(2.0, 5.0)) * _soft(blob, sigma)
+
+
+@dataclass(frozen=True)
+class _Style:
+    """What makes a look: its clean texture, a drawer per class, mask dilation per class (reference px:
+    covers a defect's blurred rim and mimics loose annotation polygons) and its benign marks."""
+
+    background: Callable[[np.random.Generator, int, int, float], np.ndarray]
+    drawers: dict[int, _Drawer]
+    mask_grow: dict[int, float]
+    benign: Callable[[np.random.Generator, np.ndarray, float], None]
+
+
+_LOOK_STYLES: dict[str, _Style] = {
+    "rolled": _Style(_rolled_background, _ROLLED_DRAWERS, _ROLLED_MASK_GROW, _draw_rolled_benign_mark),
+    "brushed": _Style(_brushed_background, _BRUSHED_DRAWERS, _BRUSHED_MASK_GROW, _draw_stain),
+}
