@@ -1,15 +1,18 @@
 """Stage classifier (notebook 1): the allMissing classifier, one model per fold, and test scores.
 
-allMissing = P(image has no defect of any class). Outputs models/classifier/fold_<k>.pt (self-describing
-checkpoints), data/test_missing_count.csv (ImageId, allMissing averaged over the fold models),
-data/classifier_metrics.json and dvclive curves in data/live/classifier/.
+allMissing = P(image has no defect of any class). With `head: multilabel` the classifier also gives one
+presence probability per defect class, p_k = P(class k is in the image). Outputs
+models/classifier/fold_<k>.pt (self-describing checkpoints), data/test_missing_count.csv (ImageId,
+allMissing [, p_1 ... p_K], averaged over the fold models), data/classifier_metrics.json and dvclive
+curves in data/live/classifier/.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -21,13 +24,19 @@ from torch.utils.data import DataLoader
 
 from stages.core import cli
 from stages.core.device import Runtime, inference, resolve_runtime
-from stages.core.images import ImageTable, build_augmentations
-from stages.core.inference import all_missing_probability
+from stages.core.images import ImageTable, build_augmentations, classifier_targets
+from stages.core.inference import classifier_probabilities
 from stages.core.io import atomic_path, write_csv, write_json
-from stages.core.models import CLASSIFIER_BACKBONES, AllMissingClassifier, check_encoder, save_checkpoint
+from stages.core.models import (
+    CLASSIFIER_BACKBONES,
+    DefectClassifier,
+    check_encoder,
+    classifier_outputs,
+    save_checkpoint,
+)
 from stages.core.params import load_section, require
-from stages.core.prepared import load_prepared
-from stages.core.training import TrainParams, epoch_logger, fit, make_loader, seed_everything
+from stages.core.prepared import Prepared, load_prepared
+from stages.core.training import FoldTask, TrainParams, train_folds
 
 MODEL_DIR = Path("models/classifier")
 TEST_SCORES = Path("data/test_missing_count.csv")
@@ -39,6 +48,9 @@ LIVE_DIR = Path("data/live/classifier")
 class ClassifierParams(TrainParams):
     backbone: str = "densenet121"
     dropout: float = 0.2
+    # binary: one output, allMissing (notebook 1). multilabel: allMissing and one presence probability per
+    # defect class (p_1 ... p_K), for per-class gating.
+    head: Literal["binary", "multilabel"] = "binary"
 
     def validate(self, section: str) -> None:
         super().validate(section)
@@ -47,7 +59,8 @@ class ClassifierParams(TrainParams):
 
 
 def evaluate_classifier(model: nn.Module, loader: DataLoader, runtime: Runtime) -> dict[str, float]:
-    """Validation loss (BCE on the allMissing logit), AUC and accuracy at 0.5."""
+    """Validation loss (BCE over the output columns), AUC and accuracy at 0.5 of allMissing, and with a
+    multilabel head the AUC of each class's presence."""
     model.eval()
     logits, labels = [], []
     with inference(runtime):
@@ -55,13 +68,53 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, runtime: Runtime) 
             logits.append(model(runtime.batch(images)).float().cpu())
             labels.append(targets)
     logit, label = torch.cat(logits), torch.cat(labels)
-    probability = torch.sigmoid(logit).numpy()
-    both_classes = 0 < label.sum() < len(label)
-    return {
+    probability, truth = torch.sigmoid(logit).numpy(), label.numpy() >= 0.5
+    metrics = {
         "loss": float(nn.functional.binary_cross_entropy_with_logits(logit, label)),
-        "auc": float(roc_auc_score(label.numpy(), probability)) if both_classes else float("nan"),
-        "accuracy": float(((probability >= 0.5) == (label.numpy() >= 0.5)).mean()),
+        "auc": _auc(truth[:, 0], probability[:, 0]),
+        "accuracy": float(((probability[:, 0] >= 0.5) == truth[:, 0]).mean()),
     }
+    for k in range(1, logit.shape[1]):
+        metrics[f"auc_{k}"] = _auc(truth[:, k], probability[:, k])
+    return metrics
+
+
+def _auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC, NaN when only one class is present (the AUC is undefined)."""
+    return float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else float("nan")
+
+
+def classifier_task(params: ClassifierParams, prepared: Prepared, runtime: Runtime) -> FoldTask:
+    outputs = classifier_outputs(params.head, prepared.num_classes)
+    folder = prepared.train_images
+
+    def train_set(rows: pd.DataFrame, seed: int) -> ImageTable:
+        augment = build_augmentations(params.augment, seed)
+        labels = classifier_targets(rows, outputs)
+        return ImageTable(rows, folder, params.input_size, "labels", augment=augment, labels=labels)
+
+    def val_set(rows: pd.DataFrame) -> ImageTable:
+        labels = classifier_targets(rows, outputs)
+        return ImageTable(rows, folder, params.input_size, "labels", labels=labels)
+
+    return FoldTask(
+        name="classifier",
+        build_model=lambda: DefectClassifier(
+            params.backbone, params.encoder_weights, params.dropout, params.head, prepared.num_classes
+        ),
+        train_set=train_set,
+        val_set=val_set,
+        loss_fn=nn.BCEWithLogitsLoss(),
+        evaluate=lambda model, loader: evaluate_classifier(model, loader, runtime),
+    )
+
+
+def score_table(image_ids: pd.Series, probabilities: np.ndarray) -> pd.DataFrame:
+    """ImageId, allMissing and, for a multilabel head, p_1 ... p_K."""
+    table = pd.DataFrame({"ImageId": image_ids.to_numpy(), "allMissing": probabilities[:, 0]})
+    for k in range(1, probabilities.shape[1]):
+        table[f"p_{k}"] = probabilities[:, k]
+    return table
 
 
 def main() -> None:
@@ -69,68 +122,24 @@ def main() -> None:
     prepared = load_prepared()
     params.check_folds("classifier", prepared.n_folds)
     runtime = resolve_runtime(params.device, params.mixed_precision, "classifier.device")
-    train = prepared.train
-    config = {"backbone": params.backbone, "dropout": params.dropout, "input_size": list(params.input_size)}
+    config = {
+        "backbone": params.backbone,
+        "dropout": params.dropout,
+        "head": params.head,
+        "num_classes": prepared.num_classes,
+        "input_size": list(params.input_size),
+    }
     started = time.perf_counter()
     runtime.reset_peak_memory()
-    models, fold_metrics = [], {}
     live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None, report=None)
+    task = classifier_task(params, prepared, runtime)
     with atomic_path(MODEL_DIR, directory=True) as model_dir:
-        for fold in range(params.folds):
-            seed_everything(params.seed + fold)
-            augment = build_augmentations(params.augment, params.seed + fold)
-            fit_rows, val_rows = train[train["fold"] != fold], train[train["fold"] == fold]
-            train_loader = make_loader(
-                ImageTable(
-                    fit_rows, prepared.train_images, params.input_size, "all_missing", augment=augment
-                ),
-                params.batch_size,
-                params.num_workers,
-                shuffle=True,
-                seed=params.seed + fold,
-            )
-            val_loader = make_loader(
-                ImageTable(val_rows, prepared.train_images, params.input_size, "all_missing"),
-                params.batch_size,
-                params.num_workers,
-            )
-            model = AllMissingClassifier(params.backbone, params.encoder_weights, params.dropout)
-            if params.freeze_encoder:
-                model.freeze_encoder()
-            model = runtime.model(model)
-            name = f"classifier fold {fold}"
-            result = fit(
-                model,
-                train_loader,
-                val_loader,
-                nn.BCEWithLogitsLoss(),
-                lambda m, loader: evaluate_classifier(m, loader, runtime),
-                params,
-                runtime,
-                epoch_logger(live, name, fold),
-                name,
-            )
-            model.load_state_dict(result.best_state)
-            extra = {
-                "fold": fold,
-                "val_fold": fold,
-                "train_folds": sorted(int(f) for f in fit_rows["fold"].unique()),
-                "best_epoch": result.best_epoch,
-                "val_metrics": result.best_metrics,
-                "params": asdict(params),
-            }
-            save_checkpoint(model_dir / f"fold_{fold}.pt", model, config, extra)
-            models.append(model)
-            fold_metrics[str(fold)] = {
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                "val_loss": result.best_metrics["loss"],
-                "val_auc": result.best_metrics["auc"],
-                "val_accuracy": result.best_metrics["accuracy"],
-                "train_images_per_s": round(result.images_per_second, 2),
-            }
-        test_scores = all_missing_probability(
-            models,
+        fold_models = train_folds(task, params, prepared.train, runtime, live)
+        for fold_model in fold_models:
+            path = model_dir / f"fold_{fold_model.fold}.pt"
+            save_checkpoint(path, fold_model.model, config, fold_model.checkpoint_extra(params))
+        test_scores = classifier_probabilities(
+            [fold_model.model for fold_model in fold_models],
             prepared.test,
             prepared.test_images,
             params.input_size,
@@ -140,12 +149,21 @@ def main() -> None:
         )
     live.make_summary()
     live.end()
-    write_csv(pd.DataFrame({"ImageId": prepared.test["ImageId"], "allMissing": test_scores}), TEST_SCORES)
-    per_fold = pd.DataFrame(fold_metrics).T
+    write_csv(score_table(prepared.test["ImageId"], test_scores), TEST_SCORES)
+    names = ("loss", "auc", "accuracy", *(f"auc_{k}" for k in range(1, test_scores.shape[1])))
+    fold_metrics = {str(m.fold): m.metrics(names) for m in fold_models}
+    per_fold = pd.DataFrame(fold_metrics).T.astype(float)
     metrics = {
+        "head": params.head,
         "val_loss": float(per_fold["val_loss"].mean()),
-        "val_auc": float(np.nanmean(per_fold["val_auc"].astype(float))),
+        "val_auc": float(np.nanmean(per_fold["val_auc"])),
         "val_accuracy": float(per_fold["val_accuracy"].mean()),
+        **{
+            f"val_auc_{k}": float(np.nanmean(per_fold[f"val_auc_{k}"]))
+            if per_fold[f"val_auc_{k}"].notna().any()
+            else None
+            for k in range(1, test_scores.shape[1])
+        },
         "train_images_per_s": float(per_fold["train_images_per_s"].mean()),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "peak_memory_mb": round(runtime.peak_memory_mb(), 1),
@@ -154,8 +172,9 @@ def main() -> None:
     }
     write_json(metrics, METRICS_FILE)
     print(
-        f"classifier: {params.folds} fold model(s) of {params.backbone}, val AUC {metrics['val_auc']:.4f}, "
-        f"accuracy {metrics['val_accuracy']:.4f}, {metrics['wall_time_s']} s; test scores -> {TEST_SCORES}"
+        f"classifier: {params.folds} fold model(s) of {params.backbone} ({params.head} head), val AUC "
+        f"{metrics['val_auc']:.4f}, accuracy {metrics['val_accuracy']:.4f}, {metrics['wall_time_s']} s; "
+        f"test scores -> {TEST_SCORES}"
     )
 
 

@@ -1,154 +1,316 @@
 """Stage postprocess (notebook 5): classifier-gated submission and the evaluation of the whole flow.
 
-Wipes every mask of every test image whose allMissing >= the threshold (from stage threshold unless
-postprocess.threshold overrides it), validates the result and writes data/submission.csv. Evaluates on
-the holdout images the Dice of the all-empty submission, of segmentation alone and of segmentation +
-gating, and, where the dataset ships test ground truth (test_truth.csv, as the synthetic one does),
-the test Dice of the raw and gated submissions -> data/eval.json (DVC metrics).
+Gating modes (`postprocess.gating`):
+  none   the U-Net alone;
+  image  every mask of a test image with allMissing >= the threshold is wiped (notebook 5);
+  class  the mask of class k is wiped where p_k < its threshold (a multilabel classifier);
+  soft   nothing is wiped outright: a mask is kept when p * area >= the class's min area, p being the
+         classifier's presence probability of that class (1 - allMissing for a binary classifier).
+For each mode the per-class rules (probability threshold, min area) are searched again on the holdout
+candidates with the gate applied, so the search sees what the gate really lets through (clean images it
+keeps included). The chosen mode's submission is validated and written to data/submission.csv;
+data/eval.json (DVC metrics) holds, for every mode the classifier supports, the Dice on the holdout
+images and, where the dataset ships test ground truth (test_truth.csv, as the synthetic one does), on
+the test images.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from stages.core import cli
-from stages.core.dataset import parse_labels, read_csv, validate_submission
+from stages.core.dataset import parse_labels, read_csv, submission_frame, validate_submission
 from stages.core.errors import PipelineError
 from stages.core.io import write_csv, write_json
-from stages.core.metric import DiceReport, grade, summarize
+from stages.core.metric import DiceReport
 from stages.core.params import load_section, require
-from stages.core.postprocess import gate
+from stages.core.postprocess import (
+    GATING_MODES,
+    Candidates,
+    ClassRule,
+    Gate,
+    gate_for,
+    pair_dice,
+    search_rules,
+    select_masks,
+    supported_modes,
+    threshold_index,
+)
 from stages.core.prepared import Prepared, load_prepared
-from stages.core.scoring import score_files
+from stages.core.scoring import score_files, score_labels
 
 SUBMISSION_RAW = Path("data/submission_raw.csv")
 SUBMISSION = Path("data/submission.csv")
 TEST_SCORES = Path("data/test_missing_count.csv")
 TRAIN_SCORES = Path("data/train_missing_count.csv")
 THRESHOLD = Path("data/threshold.json")
-HOLDOUT = Path("data/holdout_predictions.csv")
+HOLDOUT_CANDIDATES = Path("data/holdout_candidates.csv")
+TEST_CANDIDATES = Path("data/test_candidates.csv")
 EVAL = Path("data/eval.json")
 
 
 @dataclass(frozen=True)
 class PostprocessParams:
-    gating: bool = True  # false: the submission is the raw segmentation
-    threshold: float | None = None  # null: the threshold stage's choice
+    gating: Literal["none", "image", "class", "soft"] = "image"
+    threshold: float | None = None  # image gating: null takes the threshold stage's choice
+    min_areas_px: tuple[int, ...] = (0, 500, 1000, 2000, 4000)  # min-area grid of the gated rule search
 
     def validate(self, section: str) -> None:
         if self.threshold is not None:
             require(
                 0 <= self.threshold <= 1.0 + 1e-9, f"{section}.threshold", "must be in [0, 1]", self.threshold
             )
+        require(len(self.min_areas_px) > 0, f"{section}.min_areas_px", "must list at least one value", ())
+        for area in self.min_areas_px:
+            require(area >= 0, f"{section}.min_areas_px", "must be >= 0", area)
 
 
-def read_scores(path: Path) -> pd.Series:
+@dataclass(frozen=True)
+class Scores:
+    """The classifier's probabilities of some images, in a given order."""
+
+    all_missing: np.ndarray  # (N,)
+    presence: np.ndarray | None  # (N, K) with a multilabel classifier
+
+
+def read_scores(path: Path, num_classes: int) -> pd.DataFrame:
     try:
-        table = pd.read_csv(path, dtype={"ImageId": str})
+        table = pd.read_csv(path, dtype={"ImageId": str}, keep_default_na=False)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run `dvc repro` for the stages before postprocess") from None
-    return table.set_index("ImageId")["allMissing"]
+    columns = ["allMissing", *(f"p_{k}" for k in range(1, num_classes + 1))]
+    for column in (c for c in columns if c in table.columns):
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0) | (values > 1))
+        if bad.size:
+            raise PipelineError(
+                f"{path}: line {bad[0] + 2}: {column} {table[column].iloc[bad[0]]!r} is not a probability"
+            )
+        table[column] = values
+    return table.set_index("ImageId")
 
 
-def wipe(pairs: pd.DataFrame, wiped_images: set[str]) -> pd.DataFrame:
-    """Empty EncodedPixels for every pair of the wiped images."""
-    pairs = pairs.copy()
-    pairs.loc[pairs["ImageId"].isin(wiped_images), "EncodedPixels"] = ""
-    return pairs
+def scores_of(table: pd.DataFrame, image_ids: list[str], num_classes: int, source: Path) -> Scores:
+    missing = [image_id for image_id in image_ids if image_id not in table.index]
+    if missing:
+        raise PipelineError(f"{source}: no classifier scores for image {missing[0]}")
+    rows = table.loc[image_ids]
+    presence_columns = [f"p_{k}" for k in range(1, num_classes + 1)]
+    presence = rows[presence_columns].to_numpy(np.float64) if set(presence_columns) <= set(rows) else None
+    return Scores(rows["allMissing"].to_numpy(np.float64), presence)
 
 
-def report_dict(report: DiceReport) -> dict[str, object]:
-    return {"mean_dice": report.mean_dice, "per_class": report.per_class}
+def read_candidates(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype={"ImageId": str, "EncodedPixels": str}, keep_default_na=False)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run `dvc repro segment` first") from None
 
 
-def evaluate_holdout(prepared: Prepared, train_scores: pd.Series, threshold: float, gating: bool) -> dict:
-    """Empty / segmentation / gated Dice on the holdout images, at the original image size."""
-    predictions = parse_labels(read_csv(HOLDOUT), str(HOLDOUT)).pairs
-    images = list(dict.fromkeys(predictions["ImageId"]))
-    table = prepared.train.set_index("ImageId").loc[images]
-    truth = pd.DataFrame(
-        [
-            (image_id, k, table.at[image_id, f"rle_{k}"], 0)
-            for image_id in images
-            for k in range(1, prepared.num_classes + 1)
-        ],
-        columns=["ImageId", "ClassId", "EncodedPixels", "line"],
+@dataclass(frozen=True)
+class TestCandidates:
+    """The test images' candidate masks: areas (N, K, T) and the RLE of each non-empty one."""
+
+    image_ids: list[str]
+    areas: np.ndarray
+    rles: dict[tuple[int, int, int], str]  # (image index, class index, threshold index) -> RLE
+
+
+def test_candidates(
+    frame: pd.DataFrame, image_ids: list[str], thresholds: np.ndarray, num_classes: int
+) -> TestCandidates:
+    index = {image_id: n for n, image_id in enumerate(image_ids)}
+    unknown = frame.loc[~frame["ImageId"].isin(index), "ImageId"]
+    if len(unknown):
+        raise PipelineError(f"{TEST_CANDIDATES}: image {unknown.iloc[0]} is not a test image")
+    areas = np.zeros((len(image_ids), num_classes, len(thresholds)), np.int64)
+    rles = {}
+    for image_id, class_id, threshold, area, encoded in frame[
+        ["ImageId", "ClassId", "threshold", "area", "EncodedPixels"]
+    ].itertuples(index=False):
+        try:
+            t = threshold_index(thresholds, float(threshold))
+        except ValueError:
+            raise PipelineError(
+                f"{TEST_CANDIDATES}: threshold {threshold} is not in the holdout candidates' grid"
+            ) from None
+        key = (index[image_id], int(class_id) - 1, t)
+        areas[key] = int(area)
+        rles[key] = encoded
+    return TestCandidates(image_ids, areas, rles)
+
+
+def report(dice: np.ndarray) -> dict[str, object]:
+    """Mean and per-class Dice of an (N, K) table of pair Dice."""
+    return {
+        "mean_dice": float(dice.mean()) if dice.size else None,
+        "per_class": {str(k + 1): float(v) for k, v in enumerate(dice.mean(axis=0))} if dice.size else {},
+    }
+
+
+def report_dict(result: DiceReport) -> dict[str, object]:
+    return {"mean_dice": result.mean_dice, "per_class": result.per_class}
+
+
+def grade(submission: pd.DataFrame, name: str, truth: Path, prepared: Prepared) -> dict[str, object]:
+    """The local leaderboard's Dice of a submission built in memory."""
+    labels = parse_labels(submission.astype(str), name)
+    return report_dict(score_labels(labels, name, truth, prepared.test_images))
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    rules: list[ClassRule]
+    holdout_dice: np.ndarray  # (N_holdout, K)
+    holdout_gate: Gate
+    submission: pd.DataFrame  # in the sample submission's format
+    test_gate: Gate
+
+
+def run_mode(
+    mode: str,
+    params: PostprocessParams,
+    prepared: Prepared,
+    holdout: Candidates,
+    holdout_scores: Scores,
+    test: TestCandidates,
+    test_scores: Scores,
+    image_threshold: float,
+    class_thresholds: list[float] | None,
+) -> ModeResult:
+    """Gate, search the rules on the holdout under the gate, and build the test submission."""
+    k = prepared.num_classes
+    holdout_gate = gate_for(
+        mode, holdout_scores.all_missing, holdout_scores.presence, k, image_threshold, class_thresholds
     )
-    n_pixels = dict(zip(images, (table["height"] * table["width"]).astype(int), strict=True))
-    scores = train_scores.reindex(images)
-    wiped = set(np.asarray(images)[gate(scores.to_numpy(), threshold)]) if gating else set()
-    scored = {
-        "empty": wipe(predictions, set(images)),
-        "segmentation": predictions,
-        "gated": wipe(predictions, wiped),
-    }
-    result: dict[str, object] = {
-        name: report_dict(
-            summarize(grade(pairs, truth, prepared.num_classes, n_pixels, str(HOLDOUT), "truth"))
-        )
-        for name, pairs in scored.items()
-    }
-    result["images"] = len(images)
-    result["images_gated"] = len(wiped)
-    return result
+    rules, _ = search_rules(holdout, params.min_areas_px, holdout_gate)
+    test_gate = gate_for(
+        mode, test_scores.all_missing, test_scores.presence, k, image_threshold, class_thresholds
+    )
+    keep = select_masks(test.areas, holdout.thresholds, rules, test_gate)
+    columns = [threshold_index(holdout.thresholds, rule.threshold) for rule in rules]
+    predictions = pd.DataFrame(
+        [
+            [image_id] + [test.rles.get((n, c, columns[c]), "") if keep[n, c] else "" for c in range(k)]
+            for n, image_id in enumerate(test.image_ids)
+        ],
+        columns=["ImageId", *(f"rle_{c}" for c in range(1, k + 1))],
+    )
+    submission = submission_frame(predictions, prepared.sample_submission(), k)
+    return ModeResult(rules, pair_dice(holdout, rules, holdout_gate), holdout_gate, submission, test_gate)
 
 
 def main() -> None:
     params = load_section(PostprocessParams, "postprocess")
     prepared = load_prepared()
+    k = prepared.num_classes
     try:
-        chosen = json.loads(THRESHOLD.read_text())["threshold"]
+        chosen = json.loads(THRESHOLD.read_text())
     except FileNotFoundError:
         raise PipelineError(f"{THRESHOLD}: not found; run `dvc repro threshold` first") from None
-    threshold = chosen if params.threshold is None else params.threshold
+    image_threshold = chosen["threshold"] if params.threshold is None else params.threshold
+    per_class = chosen.get("per_class")
+    class_thresholds = [per_class[str(c)]["threshold"] for c in range(1, k + 1)] if per_class else None
+
     sample = prepared.sample_submission()
-    raw = read_csv(SUBMISSION_RAW)
     sizes = {row.ImageId: (int(row.height), int(row.width)) for row in prepared.test.itertuples()}
-    raw_labels = validate_submission(raw, sample, sizes, prepared.num_classes, str(SUBMISSION_RAW))
+    raw = read_csv(SUBMISSION_RAW)
+    validate_submission(raw, sample, sizes, k, str(SUBMISSION_RAW))
 
-    test_scores = read_scores(TEST_SCORES)
-    unscored = [image_id for image_id in sample.image_ids if image_id not in test_scores.index]
-    if unscored:
-        raise PipelineError(f"{TEST_SCORES}: no allMissing for test image {unscored[0]}")
-    wiped = set()
-    if params.gating:
-        scores = test_scores.reindex(list(sample.image_ids)).to_numpy()
-        wiped = set(np.asarray(sample.image_ids)[gate(scores, threshold)])
-    gated_rows = raw_labels.pairs["ImageId"].isin(wiped).to_numpy()
-    submission = raw.copy()
-    submission.loc[gated_rows, "EncodedPixels"] = ""
-    validate_submission(submission, sample, sizes, prepared.num_classes, str(SUBMISSION))
-    write_csv(submission, SUBMISSION)
+    holdout = Candidates.from_frame(read_candidates(HOLDOUT_CANDIDATES))
+    train_table = read_scores(TRAIN_SCORES, k)
+    holdout_scores = scores_of(train_table, list(holdout.image_ids), k, TRAIN_SCORES)
+    test_ids = list(sample.image_ids)
+    test_scores = scores_of(read_scores(TEST_SCORES, k), test_ids, k, TEST_SCORES)
+    test = test_candidates(read_candidates(TEST_CANDIDATES), test_ids, holdout.thresholds, k)
 
-    evaluation: dict[str, object] = {
-        "threshold": threshold,
-        "gating": params.gating,
-        "test_images": len(sample.image_ids),
-        "test_images_gated": len(wiped),
-        "holdout": evaluate_holdout(prepared, read_scores(TRAIN_SCORES), threshold, params.gating),
+    has_presence = holdout_scores.presence is not None and test_scores.presence is not None
+    modes = supported_modes(has_presence and class_thresholds is not None)
+    if params.gating not in modes:
+        raise PipelineError(
+            f"params: postprocess.gating {params.gating!r} needs a presence probability and a threshold per "
+            "class: set classifier.head to multilabel (supported now: " + ", ".join(modes) + ")"
+        )
+    results = {
+        mode: run_mode(
+            mode,
+            params,
+            prepared,
+            holdout,
+            holdout_scores,
+            test,
+            test_scores,
+            image_threshold,
+            class_thresholds,
+        )
+        for mode in GATING_MODES
+        if mode in modes
     }
-    truth = prepared.root / "test_truth.csv"
-    if truth.is_file():  # the synthetic dataset ships test ground truth; Kaggle's does not
-        images = prepared.test_images
+    result = results[params.gating]
+    validate_submission(result.submission, sample, sizes, k, str(SUBMISSION))
+    write_csv(result.submission, SUBMISSION)
+
+    empty = (holdout.truth_area == 0).astype(np.float64)
+    truth = prepared.root / "test_truth.csv"  # the synthetic dataset ships test ground truth
+    gating_modes: dict[str, object] = {}
+    for mode, outcome in results.items():
+        entry: dict[str, object] = {
+            "holdout": report(outcome.holdout_dice),
+            "rules": {str(c + 1): asdict(rule) for c, rule in enumerate(outcome.rules)},
+        }
+        if truth.is_file():
+            entry["test"] = grade(outcome.submission, f"{mode}-gated submission", truth, prepared)
+        gating_modes[mode] = entry
+    oof = train_table.loc[list(holdout.image_ids), "out_of_fold"].astype(str).eq("True")
+    evaluation: dict[str, object] = {
+        "gating": params.gating,
+        "threshold": image_threshold,
+        "class_thresholds": {str(c + 1): t for c, t in enumerate(class_thresholds)}
+        if class_thresholds
+        else None,
+        "rules": {str(c + 1): asdict(rule) for c, rule in enumerate(result.rules)},
+        "test_images": len(test_ids),
+        "test_pairs_wiped": int((~result.test_gate.keep).sum()),
+        "holdout": {
+            "images": len(holdout.image_ids),
+            "pairs_wiped": int((~result.holdout_gate.keep).sum()),
+            "scores_out_of_fold": float(oof.mean()) if len(oof) else None,
+            "empty": report(empty.reshape(len(holdout.image_ids), k)),
+            "segmentation": gating_modes["none"]["holdout"],
+            "gated": gating_modes[params.gating]["holdout"],
+        },
+        "gating_modes": gating_modes,
+    }
+    if truth.is_file():
+        no_predictions = pd.DataFrame(columns=["ImageId", *(f"rle_{c}" for c in range(1, k + 1))])
+        nothing = submission_frame(no_predictions, sample, k)
         evaluation["test"] = {
-            "segmentation": report_dict(score_files(SUBMISSION_RAW, truth, images)),
-            "gated": report_dict(score_files(SUBMISSION, truth, images)),
+            "empty": grade(nothing, "all-empty submission", truth, prepared),
+            "segmentation": report_dict(score_files(SUBMISSION_RAW, truth, prepared.test_images)),
+            "gated": gating_modes[params.gating]["test"],
         }
     write_json(evaluation, EVAL)
-    holdout = evaluation["holdout"]
+    holdout_report = evaluation["holdout"]
     line = (
-        f"postprocess: gated {len(wiped)}/{len(sample.image_ids)} test images at allMissing >= "
-        f"{threshold:.4f} -> {SUBMISSION}; holdout Dice empty {holdout['empty']['mean_dice']:.4f}, "
-        f"segmentation {holdout['segmentation']['mean_dice']:.4f}, gated {holdout['gated']['mean_dice']:.4f}"
+        f"postprocess: {params.gating} gating wiped {evaluation['test_pairs_wiped']} of {len(test_ids) * k} "
+        f"test masks -> {SUBMISSION}; holdout Dice empty {holdout_report['empty']['mean_dice']:.4f}, "
+        f"segmentation {holdout_report['segmentation']['mean_dice']:.4f}, "
+        f"gated {holdout_report['gated']['mean_dice']:.4f}"
     )
     if "test" in evaluation:
         line += f"; test Dice gated {evaluation['test']['gated']['mean_dice']:.4f}"
     print(line)
+    if len(oof) and not oof.all():
+        print(
+            f"postprocess: warning: {int((~oof).sum())} holdout images have in-fold classifier scores "
+            "(train more classifier folds than segment folds for honest gated holdout figures)"
+        )
 
 
 if __name__ == "__main__":

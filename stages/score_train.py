@@ -3,7 +3,8 @@
 Each image is scored only by the fold model that validated on it (did not train on it), so the threshold
 is chosen on honest scores. Images no fold model held out (when fewer folds were trained than
 prepared) are scored by the average of all models and flagged out_of_fold = False.
-Output data/train_missing_count.csv: ImageId, allMissing, has_defect, fold, out_of_fold.
+Output data/train_missing_count.csv: ImageId, allMissing, has_defect, fold, out_of_fold, and with a
+multilabel classifier p_1 ... p_K (each class's presence probability, out-of-fold in the same way).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 from stages.core import cli
 from stages.core.device import resolve_runtime
 from stages.core.errors import PipelineError
-from stages.core.inference import all_missing_probability
+from stages.core.inference import classifier_probabilities
 from stages.core.io import write_csv
 from stages.core.models import load_classifier
 from stages.core.params import load_section, require
@@ -47,13 +48,19 @@ def main() -> None:
     if not paths:
         raise PipelineError(f"{MODEL_DIR}: no fold_*.pt checkpoints; run `dvc repro classifier` first")
     loaded = [load_classifier(path) for path in paths]
+    columns = {model.outputs for model, _ in loaded}
+    if len(columns) != 1 or not columns <= {1, 1 + prepared.num_classes}:
+        raise PipelineError(
+            f"{MODEL_DIR}: the fold checkpoints' heads do not fit {prepared.num_classes} classes "
+            "or differ from each other; rerun `dvc repro classifier`"
+        )
     train = prepared.train
-    scores = np.full(len(train), np.nan)
+    scores = np.full((len(train), columns.pop()), np.nan)
     out_of_fold = np.zeros(len(train), dtype=bool)
     for model, checkpoint in loaded:
         rows = np.flatnonzero(train["fold"].to_numpy() == checkpoint["val_fold"])
         size = tuple(checkpoint["config"]["input_size"])
-        scores[rows] = all_missing_probability(
+        scores[rows] = classifier_probabilities(
             [model],
             train.iloc[rows],
             prepared.train_images,
@@ -67,7 +74,7 @@ def main() -> None:
     if rest.size:
         size = tuple(loaded[0][1]["config"]["input_size"])
         models = [model for model, _ in loaded]
-        scores[rest] = all_missing_probability(
+        scores[rest] = classifier_probabilities(
             models,
             train.iloc[rest],
             prepared.train_images,
@@ -79,12 +86,14 @@ def main() -> None:
     table = pd.DataFrame(
         {
             "ImageId": train["ImageId"],
-            "allMissing": scores,
+            "allMissing": scores[:, 0],
             "has_defect": train["has_defect"].astype(bool),
             "fold": train["fold"],
             "out_of_fold": out_of_fold,
         }
     )
+    for k in range(1, scores.shape[1]):
+        table[f"p_{k}"] = scores[:, k]
     write_csv(table, OUTPUT)
     print(f"score_train: {len(table)} train images scored, {int(out_of_fold.sum())} out-of-fold -> {OUTPUT}")
 

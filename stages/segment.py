@@ -1,12 +1,18 @@
-"""Stage segment (notebook 4): U-Net with one sigmoid channel per defect class, tuned post-processing,
-holdout and test predictions.
+"""Stage segment (notebook 4): U-Net with one sigmoid channel per defect class, candidate masks, tuned
+post-processing, holdout and test predictions.
 
-Trains one smp U-Net per fold (BCE + Dice loss, augmentations on image and mask together, early
-stopping, best checkpoint), then searches a per-class probability threshold and minimum mask area on
-the holdout (validation) images, and writes:
-  models/unet/fold_<k>.pt          self-describing checkpoints, post-processing rules included
-  data/submission_raw.csv          test predictions (fold models averaged, optional flip TTA), sample format
-  data/holdout_predictions.csv     holdout predictions (ImageId, ClassId, EncodedPixels, every pair)
+Trains one smp U-Net per fold (BCE + Dice loss, random crops and augmentations on image and masks together,
+early stopping, best checkpoint). Every holdout (validation) image and every test image is then predicted
+whole at the prediction scale (the model's input size), with optional flip TTA, and upsampled to its
+original size; there the masks `probability >= t` for every t of `thresholds` are the *candidates*.
+The per-class (threshold, min area) rule of the raw submission is searched on the holdout candidates,
+without gating. Writes:
+  models/unet/fold_<k>.pt          self-describing checkpoints, the raw submission's rules included
+  data/holdout_candidates.csv      per holdout image, class and threshold: predicted area, intersection
+                                   with the truth, true area (postprocess searches gated rules on it)
+  data/test_candidates.csv         per test image, class and threshold: area and RLE of the mask
+                                   (non-empty masks only)
+  data/submission_raw.csv          the U-Net alone with its ungated rules, in the sample's format
   data/segment_metrics.json        validation Dice per class, chosen rules, timing and memory
   data/plots/segment/*.png         a few holdout images, truth vs prediction per class
 """
@@ -21,6 +27,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+import pandas as pd
 import segmentation_models_pytorch as smp
 import torch
 from dvclive import Live
@@ -30,20 +37,27 @@ from torch.utils.data import DataLoader
 from stages.core import cli, rle
 from stages.core.dataset import SubmissionWriter
 from stages.core.device import Runtime, inference, resolve_runtime
-from stages.core.images import ImageTable, build_augmentations, decode_masks, read_image
-from stages.core.inference import predict_masks
-from stages.core.io import atomic_path, write_json
+from stages.core.images import CropSpec, ImageTable, build_augmentations, decode_masks, read_image
+from stages.core.inference import predict_probabilities
+from stages.core.io import atomic_path, write_csv, write_json
 from stages.core.metric import mask_dice
 from stages.core.models import UNET_DECODER_CHANNELS, build_unet, check_encoder, save_checkpoint
 from stages.core.overlay import truth_vs_prediction
 from stages.core.params import load_section, require
-from stages.core.postprocess import ClassRule, GridSearch
+from stages.core.postprocess import (
+    Candidates,
+    apply_rules,
+    candidate_counts,
+    pair_dice,
+    search_rules,
+)
 from stages.core.prepared import Prepared, load_prepared
-from stages.core.training import TrainParams, epoch_logger, fit, make_loader, seed_everything
+from stages.core.training import FoldModel, FoldTask, TrainParams, class_balance_weights, train_folds
 
 MODEL_DIR = Path("models/unet")
 SUBMISSION_RAW = Path("data/submission_raw.csv")
-HOLDOUT = Path("data/holdout_predictions.csv")
+HOLDOUT_CANDIDATES = Path("data/holdout_candidates.csv")
+TEST_CANDIDATES = Path("data/test_candidates.csv")
 METRICS_FILE = Path("data/segment_metrics.json")
 LIVE_DIR = Path("data/live/segment")
 PLOTS_DIR = Path("data/plots/segment")
@@ -56,13 +70,18 @@ class SegmentParams(TrainParams):
     # "defective": train on images with a defect only (gating handles the clean ones); validation and
     # the post-processing search always use every holdout image.
     train_images: Literal["all", "defective"] = "all"
-    # Holdout images the post-processing grid is tuned on. "defective": the images gating lets through
-    # are meant to be defective, so tune for them and leave clean images to the classifier; "all" when
-    # the submission is not gated.
-    tune_on: Literal["all", "defective"] = "all"
+    # Training crops, taken from the image at the input size (the prediction scale): with input 256x1600
+    # they are crops of the original image. null: train on the whole image at the input size.
+    crop_height: int | None = None
+    crop_width: int | None = None
+    crop_defect_bias: float = 0.5  # share of crops placed around a mask pixel (images with a defect)
+    # Training images are drawn so that each defect class (and clean images, when trained on) comes up
+    # with probability proportional to count**(1 - class_balance): 0 uniform over images, 1 every class
+    # equally often, so that rare classes are learned.
+    class_balance: float = 0.0
     bce_weight: float = 1.0
     dice_weight: float = 1.0
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # post-processing grid, per class
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # candidate masks, per class
     min_areas_px: tuple[int, ...] = (0, 500, 1000, 2000, 4000)  # in original-image pixels
     tta: Literal["none", "hflip", "hvflip"] = "hflip"
     predict_batch_size: int = 16
@@ -71,6 +90,31 @@ class SegmentParams(TrainParams):
     def validate(self, section: str) -> None:
         super().validate(section)
         check_encoder(self.backbone, self.encoder_weights, section)
+        require(
+            (self.crop_height is None) == (self.crop_width is None),
+            f"{section}.crop_width",
+            "and crop_height must both be set or both be null",
+            self.crop_width,
+        )
+        for name, limit in (("crop_height", self.input_height), ("crop_width", self.input_width)):
+            value = getattr(self, name)
+            if value is not None:
+                require(
+                    value % 32 == 0 and value >= 32, f"{section}.{name}", "must be a multiple of 32", value
+                )
+                require(value <= limit, f"{section}.{name}", f"must be <= the input size ({limit})", value)
+        require(
+            0.0 <= self.crop_defect_bias <= 1.0,
+            f"{section}.crop_defect_bias",
+            "must be a probability in [0, 1]",
+            self.crop_defect_bias,
+        )
+        require(
+            0.0 <= self.class_balance <= 1.0,
+            f"{section}.class_balance",
+            "must be in [0, 1]",
+            self.class_balance,
+        )
         require(self.bce_weight >= 0, f"{section}.bce_weight", "must be >= 0", self.bce_weight)
         require(self.dice_weight >= 0, f"{section}.dice_weight", "must be >= 0", self.dice_weight)
         require(
@@ -81,6 +125,12 @@ class SegmentParams(TrainParams):
         )
         for threshold in self.thresholds:
             require(0 < threshold < 1, f"{section}.thresholds", "must be in (0, 1)", threshold)
+        require(
+            len(set(self.thresholds)) == len(self.thresholds),
+            f"{section}.thresholds",
+            "must not repeat a value",
+            self.thresholds,
+        )
         require(len(self.min_areas_px) > 0, f"{section}.min_areas_px", "must list at least one value", ())
         for area in self.min_areas_px:
             require(area >= 0, f"{section}.min_areas_px", "must be >= 0", area)
@@ -94,6 +144,12 @@ class SegmentParams(TrainParams):
             self.predict_batch_size,
         )
         require(self.plot_images >= 0, f"{section}.plot_images", "must be >= 0", self.plot_images)
+
+    @property
+    def crop(self) -> CropSpec | None:
+        if self.crop_height is None or self.crop_width is None:
+            return None
+        return CropSpec(self.crop_height, self.crop_width, self.crop_defect_bias)
 
 
 class BCEDiceLoss(nn.Module):
@@ -114,7 +170,8 @@ class BCEDiceLoss(nn.Module):
 def evaluate_segmentation(
     model: nn.Module, loader: DataLoader, loss_fn: nn.Module, runtime: Runtime
 ) -> dict[str, float]:
-    """Validation loss and competition Dice per class at probability 0.5, at the model's input size."""
+    """Validation loss and competition Dice per class at probability 0.5, on whole images at the input
+    size (the prediction scale)."""
     model.eval()
     total_loss, seen, dice = 0.0, 0, []
     with inference(runtime):
@@ -129,125 +186,125 @@ def evaluate_segmentation(
     return metrics
 
 
-def search_rules(
-    model: nn.Module, loader: DataLoader, grid: GridSearch, runtime: Runtime, area_scale: float
-) -> None:
-    with inference(runtime):
-        for images, masks in loader:
-            probabilities = torch.sigmoid(model(runtime.batch(images)).float()).cpu().numpy()
-            grid.update(probabilities, masks.numpy(), area_scale)
-
-
-def train_folds(
-    params: SegmentParams, prepared: Prepared, runtime: Runtime, live: Live
-) -> tuple[list, dict, GridSearch]:
-    """One U-Net per fold; the post-processing grid accumulates every fold's holdout images."""
-    train, num_classes = prepared.train, prepared.num_classes
+def segment_task(params: SegmentParams, prepared: Prepared, runtime: Runtime) -> FoldTask:
+    num_classes, folder = prepared.num_classes, prepared.train_images
     loss_fn = BCEDiceLoss(params.bce_weight, params.dice_weight)
-    grid = GridSearch(params.thresholds, params.min_areas_px, num_classes)
-    original_pixels = float((train["height"] * train["width"]).mean())
-    area_scale = original_pixels / (params.input_height * params.input_width)
-    models, fold_metrics = [], {}
-    for fold in range(params.folds):
-        seed_everything(params.seed + fold)
-        augment = build_augmentations(params.augment, params.seed + fold)
-        fit_rows, val_rows = train[train["fold"] != fold], train[train["fold"] == fold]
-        if params.train_images == "defective":
-            fit_rows = fit_rows[fit_rows["has_defect"]]
-        dataset = ImageTable(
-            fit_rows, prepared.train_images, params.input_size, "masks", num_classes, augment
-        )
-        train_loader = make_loader(dataset, params.batch_size, params.num_workers, True, params.seed + fold)
-        val_dataset = ImageTable(val_rows, prepared.train_images, params.input_size, "masks", num_classes)
-        val_loader = make_loader(val_dataset, params.batch_size, params.num_workers)
-        model = build_unet(params.backbone, params.encoder_weights, num_classes, params.decoder_channels)
-        if params.freeze_encoder:
-            model.freeze_encoder()
-        model = runtime.model(model)
-        name = f"segment fold {fold}"
-        result = fit(
-            model,
-            train_loader,
-            val_loader,
-            loss_fn,
-            lambda m, loader: evaluate_segmentation(m, loader, loss_fn, runtime),
-            params,
-            runtime,
-            epoch_logger(live, name, fold),
-            name,
-        )
-        model.load_state_dict(result.best_state)
-        if params.tune_on == "defective":
-            tune_rows = val_rows[val_rows["has_defect"]]
-            tune_dataset = ImageTable(
-                tune_rows, prepared.train_images, params.input_size, "masks", num_classes
-            )
-            val_loader = make_loader(tune_dataset, params.batch_size, params.num_workers)
-        search_rules(model, val_loader, grid, runtime, area_scale)
-        models.append((model, fold, sorted(int(f) for f in fit_rows["fold"].unique()), result))
-        fold_metrics[str(fold)] = {
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "val_loss": result.best_metrics["loss"],
-            "val_dice": result.best_metrics["dice"],
-            **{f"val_dice_{k}": result.best_metrics[f"dice_{k}"] for k in range(1, num_classes + 1)},
-            "train_images_per_s": round(result.images_per_second, 2),
-        }
-    return models, fold_metrics, grid
+
+    def train_set(rows: pd.DataFrame, seed: int) -> ImageTable:
+        augment = build_augmentations(params.augment, seed, params.crop)
+        return ImageTable(rows, folder, params.input_size, "masks", num_classes, augment)
+
+    def select(rows: pd.DataFrame) -> pd.DataFrame:
+        return rows[rows["has_defect"]] if params.train_images == "defective" else rows
+
+    return FoldTask(
+        name="segment",
+        build_model=lambda: build_unet(
+            params.backbone, params.encoder_weights, num_classes, params.decoder_channels
+        ),
+        train_set=train_set,
+        val_set=lambda rows: ImageTable(rows, folder, params.input_size, "masks", num_classes),
+        loss_fn=loss_fn,
+        evaluate=lambda model, loader: evaluate_segmentation(model, loader, loss_fn, runtime),
+        select_train_rows=select,
+        sample_weights=(lambda rows: class_balance_weights(rows, num_classes, params.class_balance))
+        if params.class_balance > 0
+        else None,
+    )
 
 
-def predict_holdout(
-    params: SegmentParams, prepared: Prepared, runtime: Runtime, models: list, rules: list[ClassRule]
-) -> dict[str, object]:
-    """Each fold model predicts its own holdout images: written to HOLDOUT, Dice at the original size,
-    and the first few images (defective ones first) drawn for the DVC image plots."""
+def holdout_candidates(
+    params: SegmentParams, prepared: Prepared, runtime: Runtime, fold_models: list[FoldModel]
+) -> tuple[Candidates, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Each fold model predicts its own holdout images; returns their candidate counts at the original
+    size, and the probabilities and truth of the first few (defective first) for the plots."""
     train, num_classes = prepared.train, prepared.num_classes
     rle_columns = [f"rle_{c}" for c in range(1, num_classes + 1)]
     holdout = train[train["fold"] < params.folds]
     plotted = set(
         holdout.sort_values("has_defect", ascending=False, kind="stable")["ImageId"][: params.plot_images]
     )
-    dice_rows = []
+    image_ids, areas, intersections, truth_areas, kept = [], [], [], [], {}
+    for fold_model in fold_models:
+        rows = holdout[holdout["fold"] == fold_model.fold].set_index("ImageId", drop=False)
+        for image_id, probabilities in predict_probabilities(
+            [fold_model.model],
+            rows,
+            prepared.train_images,
+            params.input_size,
+            runtime,
+            params.predict_batch_size,
+            params.tta,
+            params.num_workers,
+        ):
+            original = (int(rows.at[image_id, "height"]), int(rows.at[image_id, "width"]))
+            truth = decode_masks(rows.loc[image_id, rle_columns].tolist(), original, original)
+            truth = truth.transpose(2, 0, 1)
+            area, intersection = candidate_counts(probabilities, params.thresholds, truth)
+            image_ids.append(image_id)
+            areas.append(area)
+            intersections.append(intersection)
+            truth_areas.append(truth.reshape(num_classes, -1).sum(axis=1))
+            if image_id in plotted:
+                kept[image_id] = (probabilities, truth)
+    order = np.argsort(params.thresholds)
+    shape = (0, num_classes, len(order))
+    candidates = Candidates(
+        tuple(image_ids),
+        np.asarray(params.thresholds, dtype=np.float64)[order],
+        np.stack(areas)[:, :, order] if areas else np.zeros(shape, np.int64),
+        np.stack(intersections)[:, :, order] if intersections else np.zeros(shape, np.int64),
+        np.stack(truth_areas) if truth_areas else np.zeros(shape[:2], np.int64),
+    )
+    return candidates, kept
+
+
+def write_plots(prepared: Prepared, plotted: dict[str, tuple[np.ndarray, np.ndarray]], rules: list) -> None:
+    with atomic_path(PLOTS_DIR, directory=True) as plots:
+        for image_id, (probabilities, truth) in plotted.items():
+            size = probabilities.shape[1:]
+            image = read_image(prepared.train_images / image_id, size, size)
+            panel = truth_vs_prediction(image, truth, apply_rules(probabilities, rules))
+            cv2.imwrite(str(plots / f"{Path(image_id).stem}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+
+
+def predict_test(
+    params: SegmentParams, prepared: Prepared, runtime: Runtime, models: list[nn.Module], rules: list
+) -> None:
+    """Test candidates of every threshold (non-empty masks only) and the raw submission, in one pass."""
+    thresholds = np.asarray(params.thresholds, dtype=np.float64)
+    columns = [int(np.flatnonzero(thresholds == rule.threshold)[0]) for rule in rules]
     with (
-        atomic_path(HOLDOUT) as tmp,
-        tmp.open("w", newline="") as handle,
-        atomic_path(PLOTS_DIR, True) as plots,
+        atomic_path(TEST_CANDIDATES) as tmp,
+        tmp.open("w", newline="", encoding="utf-8") as handle,
+        SubmissionWriter(SUBMISSION_RAW, prepared.sample_submission(), prepared.num_classes) as writer,
     ):
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["ImageId", "ClassId", "EncodedPixels"])
-        for model, fold, _, _ in models:
-            rows = holdout[holdout["fold"] == fold].set_index("ImageId", drop=False)
-            for image_id, masks, _ in predict_masks(
-                [model],
-                rows,
-                prepared.train_images,
-                params.input_size,
-                runtime,
-                params.predict_batch_size,
-                rules,
-                params.tta,
-                params.num_workers,
-            ):
-                original = (int(rows.at[image_id, "height"]), int(rows.at[image_id, "width"]))
-                truth = decode_masks(rows.loc[image_id, rle_columns].tolist(), original, original).transpose(
-                    2, 0, 1
-                )
-                dice_rows.append(mask_dice(masks, truth))
-                writer.writerows([image_id, k + 1, rle.encode(mask)] for k, mask in enumerate(masks))
-                if image_id in plotted:
-                    image = read_image(prepared.train_images / image_id, original, original)
-                    panel = truth_vs_prediction(image, truth, masks)
-                    cv2.imwrite(
-                        str(plots / f"{Path(image_id).stem}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)
-                    )
-    dice = np.stack(dice_rows) if dice_rows else np.zeros((0, num_classes))
-    return {
-        "holdout_images": len(dice),
-        "holdout_dice": float(dice.mean()) if len(dice) else None,
-        "holdout_dice_per_class": {str(k + 1): float(v) for k, v in enumerate(dice.mean(axis=0))}
-        if len(dice)
-        else {},
-    }
+        table = csv.writer(handle, lineterminator="\n")
+        table.writerow(["ImageId", "ClassId", "threshold", "area", "EncodedPixels"])
+        for image_id, probabilities in predict_probabilities(
+            models,
+            prepared.test,
+            prepared.test_images,
+            params.input_size,
+            runtime,
+            params.predict_batch_size,
+            params.tta,
+            params.num_workers,
+        ):
+            submitted = []
+            for k, rule in enumerate(rules):
+                chosen = ""
+                for t, threshold in enumerate(thresholds):
+                    mask = probabilities[k] >= threshold
+                    area = int(np.count_nonzero(mask))
+                    if area == 0:
+                        continue
+                    encoded = rle.encode(mask)
+                    table.writerow([image_id, k + 1, threshold, area, encoded])
+                    if t == columns[k] and area >= rule.min_area_px:
+                        chosen = encoded
+                submitted.append(chosen)
+            writer.write(image_id, submitted)
 
 
 def main() -> None:
@@ -258,10 +315,16 @@ def main() -> None:
     started = time.perf_counter()
     runtime.reset_peak_memory()
     live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None, report=None)
-    models, fold_metrics, grid = train_folds(params, prepared, runtime, live)
+    fold_models = train_folds(segment_task(params, prepared, runtime), params, prepared.train, runtime, live)
     live.make_summary()
     live.end()
-    rules, rule_dice = grid.best()
+    training_seconds = time.perf_counter() - started
+
+    candidates, plotted = holdout_candidates(params, prepared, runtime, fold_models)
+    rules, rule_dice = search_rules(candidates, params.min_areas_px)
+    write_csv(candidates.to_frame(), HOLDOUT_CANDIDATES)
+    write_plots(prepared, plotted, rules)
+    dice = pair_dice(candidates, rules)
     config = {
         "encoder": params.backbone,
         "decoder_channels": list(params.decoder_channels),
@@ -269,42 +332,26 @@ def main() -> None:
         "input_size": list(params.input_size),
     }
     with atomic_path(MODEL_DIR, directory=True) as model_dir:
-        for model, fold, train_folds_, result in models:
-            extra = {
-                "fold": fold,
-                "val_fold": fold,
-                "train_folds": train_folds_,
-                "best_epoch": result.best_epoch,
-                "val_metrics": result.best_metrics,
-                "rules": [asdict(rule) for rule in rules],
-                "params": asdict(params),
-            }
-            save_checkpoint(model_dir / f"fold_{fold}.pt", model, config, extra)
-    training_seconds = time.perf_counter() - started
+        for fold_model in fold_models:
+            extra = {**fold_model.checkpoint_extra(params), "rules": [asdict(rule) for rule in rules]}
+            save_checkpoint(model_dir / f"fold_{fold_model.fold}.pt", fold_model.model, config, extra)
+    holdout_seconds = time.perf_counter() - started - training_seconds
 
-    holdout = predict_holdout(params, prepared, runtime, models, rules)
     predicted = time.perf_counter()
-    fold_models = [model for model, *_ in models]
-    with SubmissionWriter(SUBMISSION_RAW, prepared.sample_submission(), prepared.num_classes) as writer:
-        for image_id, masks, _ in predict_masks(
-            fold_models,
-            prepared.test,
-            prepared.test_images,
-            params.input_size,
-            runtime,
-            params.predict_batch_size,
-            rules,
-            params.tta,
-            params.num_workers,
-        ):
-            writer.write(image_id, [rle.encode(mask) for mask in masks])
+    predict_test(params, prepared, runtime, [fold_model.model for fold_model in fold_models], rules)
     test_seconds = time.perf_counter() - predicted
 
+    names = ("loss", "dice", *(f"dice_{k}" for k in range(1, prepared.num_classes + 1)))
+    fold_metrics = {str(m.fold): m.metrics(names) for m in fold_models}
     per_fold = list(fold_metrics.values())
     metrics = {
         "val_dice": float(np.mean([m["val_dice"] for m in per_fold])),
         "val_loss": float(np.mean([m["val_loss"] for m in per_fold])),
-        **holdout,
+        "holdout_images": len(candidates.image_ids),
+        "holdout_dice": float(dice.mean()) if len(dice) else None,
+        "holdout_dice_per_class": {str(k + 1): float(v) for k, v in enumerate(dice.mean(axis=0))}
+        if len(dice)
+        else {},
         "rules": {
             str(k + 1): {**asdict(rule), "grid_dice": float(d)}
             for k, (rule, d) in enumerate(zip(rules, rule_dice, strict=True))
@@ -312,6 +359,8 @@ def main() -> None:
         "train_images_per_s": float(np.mean([m["train_images_per_s"] for m in per_fold])),
         "test_images_per_s": round(len(prepared.test) / test_seconds, 2) if test_seconds else None,
         "training_time_s": round(training_seconds, 1),
+        "holdout_time_s": round(holdout_seconds, 1),
+        "test_time_s": round(test_seconds, 1),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "peak_memory_mb": round(runtime.peak_memory_mb(), 1),
         "device": str(runtime.device),
@@ -319,10 +368,11 @@ def main() -> None:
     }
     write_json(metrics, METRICS_FILE)
     rule_text = ", ".join(f"{k + 1}: p>={r.threshold:g} area>={r.min_area_px}" for k, r in enumerate(rules))
+    holdout_text = f"{metrics['holdout_dice']:.4f}" if metrics["holdout_dice"] is not None else "n/a"
     print(
-        f"segment: {params.folds} U-Net(s) on {params.backbone}; holdout Dice {holdout['holdout_dice']:.4f} "
-        f"over {holdout['holdout_images']} images; rules {rule_text}; {metrics['wall_time_s']} s; "
-        f"test predictions -> {SUBMISSION_RAW}"
+        f"segment: {params.folds} U-Net(s) on {params.backbone}; holdout Dice {holdout_text} over "
+        f"{metrics['holdout_images']} images; rules {rule_text}; {metrics['wall_time_s']} s; "
+        f"test predictions -> {SUBMISSION_RAW}, candidates -> {TEST_CANDIDATES}"
     )
 
 

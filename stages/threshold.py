@@ -2,7 +2,10 @@
 
 Objectives: dice (the competition Dice that gating alone gives), f1 (of detecting defective images),
 recall_at_precision (highest recall of defective images with precision >= min_precision), youden
-(TPR - FPR). Outputs data/threshold.json (DVC metrics) and the plots in data/plots/threshold/.
+(TPR - FPR). With a multilabel classifier it also picks one presence threshold per class (class k is
+wiped where p_k < its threshold), maximising the Dice that gating that class alone gives on its (image,
+class) pairs. Outputs data/threshold.json (DVC metrics; per-class thresholds under `per_class`) and the
+plots in data/plots/threshold/.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from stages.core.thresholds import (
     candidate_thresholds,
     choose_threshold,
     class_report,
+    class_threshold_report,
     confusion,
     curves,
     gating_dice,
@@ -105,6 +109,15 @@ def main() -> None:
         "classes": class_report(counts, best),
         "n_out_of_fold": len(oof),
     }
+    presence_columns = [f"p_{k}" for k in range(1, prepared.num_classes + 1)]
+    if set(presence_columns) <= set(oof.columns):  # a multilabel classifier: one threshold per class
+        truth = prepared.train.set_index("ImageId").loc[oof["ImageId"]]
+        result["per_class"] = {
+            str(k): class_threshold_report(
+                oof[f"p_{k}"].to_numpy(np.float64), truth[f"rle_{k}"].ne("").to_numpy()
+            )
+            for k in range(1, prepared.num_classes + 1)
+        }
     write_json(result, OUTPUT)
 
     with atomic_path(PLOTS_DIR, directory=True) as folder:
@@ -127,6 +140,12 @@ def main() -> None:
         f"{report['precision']:.3f} recall {report['recall']:.3f}; gating Dice {result['gating_dice']:.4f} "
         f"(all empty {result['all_empty_dice']:.4f}); AUC {roc['auc']:.4f} on {len(oof)} out-of-fold images"
     )
+    for k, chosen in result.get("per_class", {}).items():
+        print(
+            f"threshold: class {k}: p_{k} < {chosen['threshold']:.4f} is wiped; keeps "
+            f"{chosen['present_kept']} of {chosen['present']} images with the class, wipes "
+            f"{chosen['absent_wiped']} without it"
+        )
 
 
 if __name__ == "__main__":

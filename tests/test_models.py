@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from segmentation_models_pytorch.base import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
 from stages.core.errors import PipelineError
 from stages.core.models import (
     CLASSIFIER_BACKBONES,
-    AllMissingClassifier,
+    DefectClassifier,
     build_encoder,
     build_unet,
     check_encoder,
@@ -182,11 +183,26 @@ def test_a_file_that_is_not_a_state_dict(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backbone", CLASSIFIER_BACKBONES)
 def test_every_classifier_backbone_builds_offline(backbone: str) -> None:
-    model = AllMissingClassifier(backbone, "none").eval()
+    model = DefectClassifier(backbone, "none").eval()
     with torch.no_grad():
         logits = model(images(size=64))
-    assert logits.shape == (2,) and logits.dtype == torch.float32
+    assert logits.shape == (2, 1) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    ("head", "num_classes", "outputs"), [("binary", 4, 1), ("multilabel", 4, 5), ("multilabel", 2, 3)]
+)
+def test_classifier_heads(head: str, num_classes: int, outputs: int) -> None:
+    model = DefectClassifier("resnet18", "none", head=head, num_classes=num_classes).eval()
+    assert model.outputs == outputs
+    with torch.no_grad():
+        assert model(images(size=64)).shape == (2, outputs)
+    # smp's own head: pooling, dropout and one linear layer from the encoder's last features.
+    assert isinstance(model.classification_head, ClassificationHead)
+    assert model.classification_head[3].in_features == model.encoder.out_channels[-1]
+    with pytest.raises(ValueError, match="unknown classifier head"):
+        DefectClassifier("resnet18", "none", head="multiclass")
 
 
 def batch_norm_stats(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -196,31 +212,51 @@ def batch_norm_stats(module: nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("call_train", [True, False])
 def test_frozen_encoder_trains_only_the_head(call_train: bool) -> None:
     torch.manual_seed(0)
-    model = AllMissingClassifier("resnet18", "none", dropout=0.0)
-    model.freeze_encoder()
+    model = DefectClassifier("resnet18", "none", dropout=0.0)
+    model.freeze_encoder()  # smp's: frozen weights, BatchNorm statistics fixed through train() calls
     if call_train:
         model.train()  # fit() does this every epoch
-    assert model.training and not model.encoder.training  # BatchNorm statistics are fixed too
+    assert model.training and not any(norm.training for norm in encoder_norms(model))
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.classification_head.state_dict().items()}
     optimizer = make_optimizer(TrainParams(optimizer="sgd", learning_rate=0.1, weight_decay=0.1), model)
     assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == 512 + 1
     for step in range(2):
         optimizer.zero_grad()
-        loss = nn.functional.binary_cross_entropy_with_logits(model(images(seed=step)), torch.ones(2))
+        loss = nn.functional.binary_cross_entropy_with_logits(model(images(seed=step)), torch.ones(2, 1))
         loss.backward()
         optimizer.step()
     assert_same_state(model.encoder, encoder_before)  # weights and running statistics
     assert all(p.grad is None for p in model.encoder.parameters())
-    assert any(not torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
+    assert any(not torch.equal(v, head_before[k]) for k, v in model.classification_head.state_dict().items())
     model.eval()
-    assert not model.training and not model.encoder.training
+    assert not model.training and not any(norm.training for norm in encoder_norms(model))
     model.train()
-    assert not model.encoder.training
+    assert not any(norm.training for norm in encoder_norms(model))
+
+
+def encoder_norms(model: nn.Module) -> list[nn.Module]:
+    norms = [m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    assert norms
+    return norms
+
+
+def test_frozen_unet_keeps_its_encoder_fixed() -> None:
+    torch.manual_seed(1)
+    model = build_unet("resnet18", "none", num_classes=2, decoder_channels=(16, 8, 8, 8, 8))
+    model.freeze_encoder()
+    model.train()
+    encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    optimizer = make_optimizer(TrainParams(optimizer="sgd", learning_rate=0.1), model)
+    optimizer.zero_grad()
+    model(images(size=32)).mean().backward()
+    optimizer.step()
+    assert_same_state(model.encoder, encoder_before)
+    assert not any(norm.training for norm in encoder_norms(model))
 
 
 def test_unfrozen_classifier_updates_batch_norm_in_train_mode() -> None:
-    model = AllMissingClassifier("resnet18", "none").train()
+    model = DefectClassifier("resnet18", "none").train()
     assert model.encoder.training
     before = batch_norm_stats(model.encoder)
     model(images())
@@ -233,23 +269,42 @@ def test_unfrozen_classifier_updates_batch_norm_in_train_mode() -> None:
 
 def test_classifier_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(3)
-    model = AllMissingClassifier("resnet18", "none", dropout=0.3)
+    model = DefectClassifier("resnet18", "none", dropout=0.3, head="multilabel", num_classes=3)
     model.train()
     with torch.no_grad():
         model(images(n=4, seed=5))  # move BatchNorm statistics away from their defaults
     model.eval()
     path = tmp_path / "models" / "fold_0.pt"
-    save_checkpoint(path, model, {"backbone": "resnet18", "dropout": 0.3}, {"fold": 0, "best_epoch": 2})
+    config = {"backbone": "resnet18", "dropout": 0.3, "head": "multilabel", "num_classes": 3}
+    save_checkpoint(path, model, config, {"fold": 0, "best_epoch": 2})
     assert path.is_file() and list(path.parent.iterdir()) == [path]  # no temporary file left behind
     loaded, checkpoint = load_classifier(path)
-    assert isinstance(loaded, AllMissingClassifier) and not loaded.training
+    assert isinstance(loaded, DefectClassifier) and not loaded.training and loaded.outputs == 4
     assert checkpoint["fold"] == 0 and checkpoint["best_epoch"] == 2
-    assert checkpoint["config"] == {"backbone": "resnet18", "dropout": 0.3}
+    assert checkpoint["config"] == config
     assert_same_state(loaded, model)  # BatchNorm statistics included
     batch = images(seed=7)
     with torch.no_grad():
         expected, got = model(batch), loaded(batch)
     assert torch.equal(got, expected)
+
+
+def test_classifier_checkpoint_from_before_the_multilabel_head_loads(tmp_path: Path) -> None:
+    """Checkpoints written before smp's ClassificationHead: no head in the config, the head's layers
+    under `head.` (the same layers in the same order)."""
+    model = DefectClassifier("resnet18", "none").eval()
+    state = {
+        key.replace("classification_head.", "head.", 1): value for key, value in model.state_dict().items()
+    }
+    assert "head.3.weight" in state
+    path = tmp_path / "old.pt"
+    torch.save(
+        {"config": {"backbone": "resnet18", "dropout": 0.2, "input_size": [64, 384]}, "state_dict": state},
+        path,
+    )
+    loaded, _ = load_classifier(path)
+    assert loaded.outputs == 1
+    assert_same_state(loaded, model)
 
 
 def test_unet_checkpoint_round_trip(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from stages.core.dataset import parse_labels, read_csv
 from stages.core.device import resolve_runtime
-from stages.core.inference import all_missing_probability
+from stages.core.inference import classifier_probabilities
 from stages.core.models import load_classifier
 from stages.core.prepared import load_prepared
 from tests.conftest import DAG_PARAMS
@@ -69,7 +70,7 @@ def test_reloaded_checkpoint_reproduces_the_scores(repo: Path, monkeypatch: pyte
     scores = pd.read_csv("data/train_missing_count.csv", dtype={"ImageId": str}).set_index("ImageId")
     model, checkpoint = load_classifier(Path("models/classifier/fold_1.pt"))
     rows = prepared.train[prepared.train["fold"] == 1]
-    again = all_missing_probability(
+    again = classifier_probabilities(
         [model],
         rows,
         prepared.train_images,
@@ -77,7 +78,7 @@ def test_reloaded_checkpoint_reproduces_the_scores(repo: Path, monkeypatch: pyte
         resolve_runtime("cpu", False),
         4,
     )
-    np.testing.assert_allclose(again, scores.loc[rows["ImageId"], "allMissing"], atol=1e-6)
+    np.testing.assert_allclose(again[:, 0], scores.loc[rows["ImageId"], "allMissing"], atol=1e-6)
 
 
 def test_threshold_param_reruns_only_threshold_and_postprocess(repo: Path) -> None:
@@ -117,3 +118,65 @@ def test_bad_classifier_params_fail_with_one_line(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_class_gating_needs_the_multilabel_head(repo: Path) -> None:
+    with params_overridden(repo, {"postprocess": {"gating": "class"}}):
+        result = run(repo, "python", "-m", "stages.postprocess", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: params: postprocess.gating 'class' needs a presence probability and a threshold per class: "
+        "set classifier.head to multilabel (supported now: none, image, soft)"
+    ]
+
+
+def test_multilabel_head_per_class_thresholds_and_class_gating(repo: Path) -> None:
+    stages = ("synthesize", "prepare", "classifier", "score_train", "threshold", "segment", "postprocess")
+    with params_overridden(repo, {"classifier": {**CLASSIFIER, "head": "multilabel"}}):
+        output = run(repo, "dvc", "repro").stdout
+        reran = {stage for stage in stages if f"Running stage '{stage}'" in output}
+        assert reran == {"classifier", "score_train", "threshold", "postprocess"}  # not the U-Net
+        presence = [f"p_{k}" for k in range(1, 5)]
+        test_scores = pd.read_csv(repo / "data/test_missing_count.csv")
+        assert list(test_scores.columns) == ["ImageId", "allMissing", *presence]
+        train_scores = pd.read_csv(repo / "data/train_missing_count.csv")
+        assert list(train_scores.columns) == [
+            "ImageId",
+            "allMissing",
+            "has_defect",
+            "fold",
+            "out_of_fold",
+            *presence,
+        ]
+        assert train_scores[["allMissing", *presence]].stack().between(0, 1).all()
+        thresholds = json.loads((repo / "data/threshold.json").read_text())
+        assert set(thresholds["per_class"]) == {"1", "2", "3", "4"}
+        # Each class threshold keeps every out-of-fold image that has the class.
+        oof = train_scores[train_scores["out_of_fold"]]
+        truth = pd.read_csv(repo / "data/prepared/train.csv", dtype=str, keep_default_na=False)
+        present = truth.set_index("ImageId").loc[oof["ImageId"], [f"rle_{k}" for k in range(1, 5)]].ne("")
+        for k in range(1, 5):
+            chosen = thresholds["per_class"][str(k)]
+            kept = oof[f"p_{k}"].to_numpy() >= chosen["threshold"]
+            assert kept[present[f"rle_{k}"].to_numpy()].all()
+            assert chosen["present"] == int(present[f"rle_{k}"].sum())
+        evaluation = json.loads((repo / "data/eval.json").read_text())
+        assert list(evaluation["gating_modes"]) == ["none", "image", "class", "soft"]
+
+        with params_overridden(repo, {"postprocess": {"gating": "class"}}):
+            output = run(repo, "dvc", "repro").stdout
+            assert {stage for stage in stages if f"Running stage '{stage}'" in output} == {"postprocess"}
+            evaluation = json.loads((repo / "data/eval.json").read_text())
+            assert evaluation["gating"] == "class"
+            class_thresholds = evaluation["class_thresholds"]
+            submission = parse_labels(read_csv(repo / "data/submission.csv"), "submission").pairs
+            scores = test_scores.set_index("ImageId")
+            wiped = 0
+            for image_id, class_id, encoded in submission[["ImageId", "ClassId", "EncodedPixels"]].itertuples(
+                index=False
+            ):
+                if scores.at[image_id, f"p_{class_id}"] < class_thresholds[str(class_id)]:
+                    assert encoded == ""
+                    wiped += 1
+            assert evaluation["test_pairs_wiped"] == wiped
+    run(repo, "dvc", "repro")  # back to the session's params (outputs restored from DVC's run cache)

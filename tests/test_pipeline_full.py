@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from stages.core import rle
 from stages.core.dataset import parse_labels, read_csv
 from tests.dvc_repo import params_overridden, run
 
@@ -37,16 +38,71 @@ def test_submission_is_complete_and_in_the_sample_format(dag_repo: Path) -> None
         assert pairs.index.equals(read_pairs(root / "sample_submission.csv").index)
 
 
+def read_candidates(repo: Path) -> pd.DataFrame:
+    return pd.read_csv(repo / "data/test_candidates.csv", dtype={"ImageId": str}, keep_default_na=False)
+
+
+def expected_pairs(repo: Path, rules: dict[str, dict], wiped: set[str]) -> dict[tuple[str, int], str]:
+    """What a submission must hold: each pair's candidate at its class's rule threshold, kept when at
+    least the rule's min area and its image not wiped."""
+    candidates = read_candidates(repo).set_index(["ImageId", "ClassId", "threshold"])
+    expected = {}
+    for image_id in pd.read_csv(repo / "data/test_missing_count.csv", dtype={"ImageId": str})["ImageId"]:
+        for class_id in range(1, 5):
+            rule = rules[str(class_id)]
+            key = (image_id, class_id, rule["threshold"])
+            area, encoded = (
+                candidates.loc[key, ["area", "EncodedPixels"]] if key in candidates.index else (0, "")
+            )
+            kept = image_id not in wiped and area > 0 and area >= rule["min_area_px"]
+            expected[(image_id, class_id)] = encoded if kept else ""
+    return expected
+
+
 def test_gating_wipes_exactly_the_images_at_or_over_the_threshold(dag_repo: Path) -> None:
-    threshold = json.loads((dag_repo / "data/eval.json").read_text())["threshold"]
+    evaluation = json.loads((dag_repo / "data/eval.json").read_text())
+    assert evaluation["gating"] == "image"
     scores = pd.read_csv(dag_repo / "data/test_missing_count.csv").set_index("ImageId")["allMissing"]
-    raw, gated = (
-        read_pairs(dag_repo / "data/submission_raw.csv"),
-        read_pairs(dag_repo / "data/submission.csv"),
+    wiped = set(scores.index[scores >= evaluation["threshold"]])
+    expected = expected_pairs(dag_repo, evaluation["rules"], wiped)
+    gated = read_pairs(dag_repo / "data/submission.csv")
+    assert {key: rle for key, rle in gated.items()} == expected
+    assert evaluation["test_pairs_wiped"] == 4 * len(wiped)
+
+
+def test_candidates_and_the_raw_submission(dag_repo: Path) -> None:
+    segment = json.loads((dag_repo / "data/segment_metrics.json").read_text())
+    raw = read_pairs(dag_repo / "data/submission_raw.csv")
+    assert {key: rle for key, rle in raw.items()} == expected_pairs(dag_repo, segment["rules"], set())
+    candidates = read_candidates(dag_repo)
+    assert set(candidates["threshold"]) <= {0.3, 0.4, 0.5, 0.6, 0.7} and (candidates["area"] > 0).all()
+    for row in candidates.sample(min(len(candidates), 20), random_state=0).itertuples():
+        assert rle.area(row.EncodedPixels) == row.area
+    # A lower threshold's mask contains the higher one's: areas never grow with the threshold.
+    areas = candidates.pivot_table(index=["ImageId", "ClassId"], columns="threshold", values="area").fillna(0)
+    assert (areas.diff(axis=1).fillna(0) <= 0).all().all()
+    holdout = pd.read_csv(dag_repo / "data/holdout_candidates.csv", dtype={"ImageId": str})
+    assert len(holdout) == segment["holdout_images"] * 4 * 5
+    assert (holdout["intersection"] <= holdout[["pred_area", "truth_area"]].min(axis=1)).all()
+
+
+def test_every_gating_mode_of_a_binary_classifier_is_evaluated(dag_repo: Path) -> None:
+    evaluation = json.loads((dag_repo / "data/eval.json").read_text())
+    modes = evaluation["gating_modes"]
+    assert list(modes) == ["none", "image", "soft"]  # per-class gating needs the multilabel head
+    for mode in modes.values():
+        assert set(mode) == {"holdout", "rules", "test"}
+        for split in ("holdout", "test"):
+            assert set(mode[split]["per_class"]) == {"1", "2", "3", "4"}
+    # No gating with the segment stage's own grid: the rules and test Dice of the raw submission.
+    segment = json.loads((dag_repo / "data/segment_metrics.json").read_text())
+    assert modes["none"]["rules"] == {
+        k: {n: r[n] for n in ("threshold", "min_area_px")} for k, r in segment["rules"].items()
+    }
+    assert modes["none"]["test"]["mean_dice"] == pytest.approx(
+        evaluation["test"]["segmentation"]["mean_dice"]
     )
-    for (image_id, class_id), rle in gated.items():
-        expected = "" if scores[image_id] >= threshold else raw[(image_id, class_id)]
-        assert rle == expected
+    assert evaluation["holdout"]["gated"] == modes["image"]["holdout"]
 
 
 def test_evaluation_metrics(dag_repo: Path) -> None:

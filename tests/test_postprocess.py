@@ -1,15 +1,30 @@
-"""Mask post-processing: per-class threshold and minimum area, the streaming grid search of both, gating."""
+"""Mask post-processing: per-class threshold and minimum area, candidate counts, the rule search (against
+a brute-force loop), and the gating modes."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from stages.core.metric import mask_dice
-from stages.core.postprocess import ClassRule, GridSearch, apply_rules, gate
+from stages.core.postprocess import (
+    Candidates,
+    ClassRule,
+    Gate,
+    apply_rules,
+    candidate_counts,
+    gate,
+    gate_for,
+    pair_dice,
+    rule_scores,
+    search_rules,
+    select_masks,
+    supported_modes,
+)
 
 HEIGHT, WIDTH = 8, 12
 THRESHOLDS = (0.3, 0.5, 0.7)
@@ -70,26 +85,41 @@ def test_min_area_zero_keeps_any_non_empty_mask() -> None:
     assert masks[1].sum() == 0
 
 
-# ---------------------------------------------------------------------------------------------- GridSearch
+# ---------------------------------------------------------------------------------------------- candidates
 
 
-def naive_mean_dice(
-    probabilities: np.ndarray, truth: np.ndarray, area_scale: float, thresholds: tuple, min_areas: tuple
-) -> np.ndarray:
-    """(K, T, A) mean Dice by brute force: apply_rules image by image, then mask_dice."""
+def candidates_of(probabilities: np.ndarray, truth: np.ndarray, thresholds: tuple) -> Candidates:
+    """Candidates of (N, K, H, W) probabilities and truth, image by image as the segment stage counts them."""
+    counts = [candidate_counts(p, thresholds, t) for p, t in zip(probabilities, truth, strict=True)]
+    return Candidates(
+        tuple(f"img{n}" for n in range(len(probabilities))),
+        np.asarray(thresholds, dtype=np.float64),
+        np.stack([area for area, _ in counts]),
+        np.stack([inter for _, inter in counts]),
+        truth.reshape(*truth.shape[:2], -1).sum(axis=2),
+    )
+
+
+def naive_scores(probabilities: np.ndarray, truth: np.ndarray, gate: Gate, thresholds: tuple) -> np.ndarray:
+    """(K, T, A) mean Dice by brute force: apply_rules image by image, the gate's wipes and weighted
+    min areas applied to the masks, then mask_dice."""
     n, k = truth.shape[:2]
-    result = np.zeros((k, len(thresholds), len(min_areas)))
+    result = np.zeros((k, len(thresholds), len(MIN_AREAS)))
     for t, threshold in enumerate(thresholds):
-        for a, min_area in enumerate(min_areas):
-            rules = [ClassRule(threshold, min_area)] * k
-            masks = np.stack([apply_rules(p, rules, area_scale) for p in probabilities])
+        for a, min_area in enumerate(MIN_AREAS):
+            masks = np.stack([apply_rules(p, [ClassRule(threshold, 0)] * k) for p in probabilities])
+            for i in range(n):
+                for c in range(k):
+                    area = masks[i, c].sum()
+                    if not gate.keep[i, c] or gate.weight[i, c] * area < min_area:
+                        masks[i, c] = 0
             result[:, t, a] = mask_dice(masks, truth).mean(axis=0)
     assert n > 0
     return result
 
 
 @st.composite
-def batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, float]:
+def batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, Gate]:
     n = draw(st.integers(1, 4))
     k = draw(st.integers(2, 4))
     shape = (n, k, HEIGHT, WIDTH)
@@ -98,46 +128,64 @@ def batches(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, float]:
     scale = draw(hnp.arrays(np.float32, (n, k, 1, 1), elements=st.sampled_from((0.0, 0.5, 1.0))))
     pixels = draw(hnp.arrays(np.bool_, shape))
     present = draw(hnp.arrays(np.bool_, (n, k, 1, 1)))
-    area_scale = draw(st.sampled_from((1.0, 0.5, 3.0)))
-    return probabilities * scale, (pixels & present).astype(np.uint8), area_scale
+    keep = draw(hnp.arrays(np.bool_, (n, k)))
+    weight = draw(hnp.arrays(np.float64, (n, k), elements=st.sampled_from((0.0, 0.25, 0.5, 1.0))))
+    return probabilities * scale, (pixels & present).astype(np.uint8), Gate(keep, weight)
 
 
 @settings(max_examples=60, deadline=None)
 @given(batches())
-def test_grid_search_equals_brute_force(batch: tuple[np.ndarray, np.ndarray, float]) -> None:
-    probabilities, truth, area_scale = batch
-    grid = GridSearch(THRESHOLDS, MIN_AREAS, truth.shape[1])
-    grid.update(probabilities, truth, area_scale)
-    expected = naive_mean_dice(probabilities, truth, area_scale, THRESHOLDS, MIN_AREAS)
-    np.testing.assert_allclose(grid.mean_dice(), expected, rtol=0, atol=1e-12)
-    assert grid.count == len(probabilities)
+def test_rule_scores_equal_brute_force(batch: tuple[np.ndarray, np.ndarray, Gate]) -> None:
+    probabilities, truth, gated = batch
+    candidates = candidates_of(probabilities, truth, THRESHOLDS)
+    expected = naive_scores(probabilities, truth, gated, THRESHOLDS)
+    np.testing.assert_allclose(rule_scores(candidates, MIN_AREAS, gated), expected, rtol=0, atol=1e-12)
+    open_gate = Gate.open(*truth.shape[:2])
+    np.testing.assert_allclose(
+        rule_scores(candidates, MIN_AREAS),
+        naive_scores(probabilities, truth, open_gate, THRESHOLDS),
+        atol=1e-12,
+    )
+    # The Dice of the chosen rules, pair by pair, is what the search said it is.
+    rules, best = search_rules(candidates, MIN_AREAS, gated)
+    np.testing.assert_allclose(pair_dice(candidates, rules, gated).mean(axis=0), best, atol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)
-@given(batches(), batches(), st.sampled_from((1.0, 2.0)))
-def test_grid_search_streams(
-    first: tuple[np.ndarray, np.ndarray, float],
-    second: tuple[np.ndarray, np.ndarray, float],
-    area_scale: float,
+@given(batches())
+def test_candidates_survive_a_round_trip_through_their_table(
+    batch: tuple[np.ndarray, np.ndarray, Gate],
 ) -> None:
-    k = min(first[0].shape[1], second[0].shape[1])
-    (p1, t1, _), (p2, t2, _) = first, second
-    p1, t1, p2, t2 = p1[:, :k], t1[:, :k], p2[:, :k], t2[:, :k]
-    streamed = GridSearch(THRESHOLDS, MIN_AREAS, k)
-    streamed.update(p1, t1, area_scale)
-    streamed.update(p2, t2, area_scale)
-    whole = GridSearch(THRESHOLDS, MIN_AREAS, k)
-    whole.update(np.concatenate([p1, p2]), np.concatenate([t1, t2]), area_scale)
-    assert streamed.count == whole.count == len(p1) + len(p2)
-    np.testing.assert_allclose(streamed.mean_dice(), whole.mean_dice(), rtol=0, atol=1e-12)
-    # ... and both are the mean over all images, not a mean of the two batches' means.
-    expected = naive_mean_dice(
-        np.concatenate([p1, p2]), np.concatenate([t1, t2]), area_scale, THRESHOLDS, MIN_AREAS
-    )
-    np.testing.assert_allclose(streamed.mean_dice(), expected, rtol=0, atol=1e-12)
+    probabilities, truth, _ = batch
+    candidates = candidates_of(probabilities, truth, THRESHOLDS)
+    assert Candidates.from_frame(candidates.to_frame()).image_ids == candidates.image_ids
+    frame = candidates.to_frame().sample(frac=1.0, random_state=0)  # any row order
+    again = Candidates.from_frame(frame)  # images in order of first appearance
+    order = [candidates.image_ids.index(image_id) for image_id in again.image_ids]
+    np.testing.assert_array_equal(again.thresholds, candidates.thresholds)
+    for name in ("pred_area", "intersection", "truth_area"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(candidates, name)[order])
 
 
-def test_grid_search_picks_the_known_best_rule() -> None:
+def test_candidate_table_must_be_complete() -> None:
+    truth = np.zeros((2, 2, 3, 3), np.uint8)
+    frame = candidates_of(np.zeros((2, 2, 3, 3), np.float32), truth, THRESHOLDS).to_frame()
+    with pytest.raises(ValueError, match="candidate rows"):
+        Candidates.from_frame(frame.iloc[1:])
+    with pytest.raises(ValueError, match="duplicate"):
+        Candidates.from_frame(pd.concat([frame.iloc[1:], frame.iloc[1:2]]))
+
+
+def test_candidate_counts_by_hand() -> None:
+    probabilities = np.array([[[0.2, 0.4, 0.6, 0.8]], [[0.9, 0.9, 0.1, 0.1]]], dtype=np.float32)
+    truth = np.array([[[0, 1, 1, 0]], [[0, 0, 0, 0]]], dtype=np.uint8)
+    areas, intersections = candidate_counts(probabilities, (0.3, 0.7), truth)
+    assert areas.tolist() == [[3, 1], [2, 2]]
+    assert intersections is not None and intersections.tolist() == [[2, 0], [0, 0]]
+    assert candidate_counts(probabilities, (0.3,))[1] is None
+
+
+def test_search_picks_the_known_best_rule() -> None:
     shape = (20, 20)
     # Image 0, class 1: a large true defect (rows 0-9, 200 px) predicted at 0.45, and a small false blob
     # elsewhere at 0.35 (9 px): threshold 0.4 keeps the defect and drops the blob; 0.5 loses the defect.
@@ -149,13 +197,13 @@ def test_grid_search_picks_the_known_best_rule() -> None:
     # Class 2: clean everywhere and never predicted: every rule scores 1, ties go to the lowest ones.
     probabilities = np.stack([np.stack([prob0, np.zeros(shape)]), np.stack([prob1, np.zeros(shape)])])
     truth = np.stack([np.stack([truth0, truth1 * 0]), np.stack([truth1, truth1 * 0])]).astype(np.uint8)
+    candidates = candidates_of(probabilities.astype(np.float32), truth, (0.3, 0.4, 0.5))
+    areas = (0, 10, 50, 300)
 
-    grid = GridSearch((0.3, 0.4, 0.5), (0, 10, 50, 300), num_classes=2)
-    grid.update(probabilities.astype(np.float32), truth)
-    rules, dice = grid.best()
+    rules, dice = search_rules(candidates, areas)
     assert rules == [ClassRule(0.4, 50), ClassRule(0.3, 0)]
     np.testing.assert_allclose(dice, [1.0, 1.0])
-    scores = grid.mean_dice()
+    scores = rule_scores(candidates, areas)
     # Without the min area, image 1's false blob costs it its whole Dice; min area 300 also wipes image 0.
     assert scores[0, 1, 0] == pytest.approx(0.5)
     assert scores[0, 1, 3] == pytest.approx(0.5)
@@ -163,16 +211,38 @@ def test_grid_search_picks_the_known_best_rule() -> None:
     assert scores[0, 0, 2] == pytest.approx((400 / 409 + 1) / 2)
     assert scores[0, 2, 2] == pytest.approx(0.5)  # 0.5 misses the defect on image 0
 
+    # A gate that wipes image 1 (the clean one) removes its false blob: no min area is needed any more.
+    wiped_clean = Gate(np.array([[True, True], [False, False]]), np.ones((2, 2)))
+    assert search_rules(candidates, areas, wiped_clean)[0][0] == ClassRule(0.4, 0)
+    # Soft gating: image 1's mask is doubted (weight 0.1), so min area 10 wipes it (16 * 0.1 < 10) while
+    # image 0's confident 200 px defect stays.
+    soft = Gate(np.ones((2, 2), bool), np.array([[1.0, 1.0], [0.1, 0.1]]))
+    assert search_rules(candidates, areas, soft)[0][0] == ClassRule(0.4, 10)
 
-def test_grid_search_scales_areas_to_original_pixels() -> None:
-    probabilities = blob((4, 4), slice(0, 1), slice(0, 4), 0.9)[None, None]  # 4 px, a false positive
-    truth = np.zeros_like(probabilities, dtype=np.uint8)
-    grid = GridSearch((0.5,), (10, 20), num_classes=1)
-    grid.update(probabilities, truth, area_scale=4.0)  # 16 original px: wiped by 20, kept by 10
-    np.testing.assert_allclose(grid.mean_dice()[0, 0], [0.0, 1.0])
+
+def test_search_and_application_agree_on_a_probability_equal_to_the_threshold() -> None:
+    # float32(0.7) is just below 0.7: the counts and apply_rules must both count it the same way.
+    probabilities = np.full((1, 1, 2, 2), 0.7, dtype=np.float32)
+    truth = np.ones((1, 1, 2, 2), dtype=np.uint8)
+    candidates = candidates_of(probabilities, truth, (0.7,))
+    rules, best = search_rules(candidates, (0,))
+    applied = apply_rules(probabilities[0], rules)
+    assert best[0] == mask_dice(applied[None], truth)[0, 0]
 
 
-# ---------------------------------------------------------------------------------------------- gate
+def test_select_masks_follows_rules_and_gate() -> None:
+    areas = np.array([[[30, 10], [0, 0]], [[500, 400], [7, 3]]])  # (N=2, K=2, T=2)
+    thresholds = np.array([0.4, 0.6])
+    rules = [ClassRule(0.6, 20), ClassRule(0.4, 5)]
+    kept = select_masks(areas, thresholds, rules, Gate.open(2, 2))
+    assert kept.tolist() == [[False, False], [True, True]]  # 10 < 20; an empty mask is never kept
+    soft = Gate(np.ones((2, 2), bool), np.array([[1.0, 1.0], [0.04, 0.5]]))
+    assert select_masks(areas, thresholds, rules, soft).tolist() == [[False, False], [False, False]]
+    with pytest.raises(ValueError, match="not in the candidate grid"):
+        select_masks(areas, thresholds, [ClassRule(0.5, 0)] * 2, Gate.open(2, 2))
+
+
+# ---------------------------------------------------------------------------------------------- gating
 
 
 def test_gate_wipes_images_at_or_over_the_threshold() -> None:
@@ -183,11 +253,36 @@ def test_gate_wipes_images_at_or_over_the_threshold() -> None:
     assert gate([0.3, 0.7], 0.7).tolist() == [False, True]
 
 
-def test_search_and_application_agree_on_a_probability_equal_to_the_threshold() -> None:
-    # float32(0.7) is just below 0.7: the search and apply_rules must both count it the same way.
-    probabilities = np.full((1, 1, 2, 2), 0.7, dtype=np.float32)
-    truth = np.ones((1, 1, 2, 2), dtype=np.uint8)
-    grid = GridSearch((0.7,), (0,), num_classes=1)
-    grid.update(probabilities, truth)
-    applied = apply_rules(probabilities[0], grid.best()[0])
-    assert grid.mean_dice()[0, 0, 0] == mask_dice(applied[None], truth)[0, 0]
+ALL_MISSING = np.array([0.1, 0.5, 0.9])
+PRESENCE = np.array([[0.9, 0.05], [0.3, 0.6], [0.2, 0.1]])
+
+
+def test_image_gating_wipes_every_class_of_a_gated_image() -> None:
+    gated = gate_for("image", ALL_MISSING, PRESENCE, 2, image_threshold=0.5)
+    assert gated.keep.tolist() == [[True, True], [False, False], [False, False]]
+    assert (gated.weight == 1).all()
+    np.testing.assert_array_equal(gated.keep[:, 0], ~gate(ALL_MISSING, 0.5))
+
+
+def test_class_gating_wipes_each_class_below_its_own_threshold() -> None:
+    gated = gate_for("class", ALL_MISSING, PRESENCE, 2, 0.5, class_thresholds=[0.3, 0.1])
+    # p >= threshold is kept: 0.3 on class 1 and 0.1 on class 2 sit exactly on their thresholds.
+    assert gated.keep.tolist() == [[True, False], [True, True], [False, True]]
+    with pytest.raises(ValueError, match="per class"):
+        gate_for("class", ALL_MISSING, None, 2, 0.5, [0.3, 0.1])
+
+
+def test_soft_gating_weights_by_presence_and_never_wipes_outright() -> None:
+    gated = gate_for("soft", ALL_MISSING, PRESENCE, 2, 0.5)
+    assert gated.keep.all()
+    np.testing.assert_array_equal(gated.weight, PRESENCE)
+    binary = gate_for("soft", ALL_MISSING, None, 2, 0.5)  # a binary classifier: 1 - allMissing per class
+    np.testing.assert_allclose(binary.weight, [[0.9, 0.9], [0.5, 0.5], [0.1, 0.1]])
+
+
+def test_no_gating_and_unknown_modes() -> None:
+    assert gate_for("none", ALL_MISSING, None, 2, 0.0).keep.all()
+    with pytest.raises(ValueError, match="unknown gating mode"):
+        gate_for("sometimes", ALL_MISSING, None, 2, 0.5)
+    assert supported_modes(False) == ("none", "image", "soft")
+    assert supported_modes(True) == ("none", "image", "class", "soft")

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from stages.core.device import Runtime
-from stages.core.inference import flip_tta_probabilities, predict_masks, upsample
+from stages.core.inference import flip_tta_probabilities, predict_probabilities, upsample
 from stages.core.overlay import CLASS_COLOURS, truth_vs_prediction
-from stages.core.postprocess import ClassRule
+from stages.core.postprocess import ClassRule, apply_rules
 
 CPU = Runtime(device=torch.device("cpu"), amp=False, channels_last=False)
 MODEL_SIZE = (32, 64)  # (height, width) at the model's input
@@ -63,10 +63,24 @@ def write_table(
     return pd.DataFrame({"ImageId": names, "height": [s[0] for s in sizes], "width": [s[1] for s in sizes]})
 
 
-# ---------------------------------------------------------------------------------------------- predict_masks
+# ---------------------------------------------------------------------------------------------- prediction
 
 
-def test_predict_masks_yields_rule_applied_masks_at_the_original_size_in_table_order(tmp_path: Path) -> None:
+def predict_masks(
+    models: list[nn.Module],
+    table: pd.DataFrame,
+    folder: Path,
+    size: tuple[int, int],
+    runtime: Runtime,
+    batch_size: int,
+    rules: list[ClassRule],
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """predict_probabilities() with the rules applied, as the segment stage and a predict command use it."""
+    for image_id, probabilities in predict_probabilities(models, table, folder, size, runtime, batch_size):
+        yield image_id, apply_rules(probabilities, rules), probabilities
+
+
+def test_prediction_yields_original_size_probabilities_in_table_order(tmp_path: Path) -> None:
     names = [f"img_{i}.png" for i in (5, 0, 3, 6, 1, 4, 2)]  # not sorted: the table's order must win
     values = [BRIGHT, DARK, BRIGHT, DARK, DARK, BRIGHT, BRIGHT]
     sizes = [ORIGINAL] * 6 + [(48, 80)]  # the last image has its own size
@@ -76,7 +90,7 @@ def test_predict_masks_yields_rule_applied_masks_at_the_original_size_in_table_o
     assert [image_id for image_id, _, _ in results] == names
     for (image_id, masks, probability), value, size in zip(results, values, sizes, strict=True):
         assert masks.shape == (4, *size) and masks.dtype == np.uint8, image_id
-        assert probability.shape == (4, *MODEL_SIZE)
+        assert probability.shape == (4, *size) and probability.dtype == np.float32
         half = size[1] // 2
         if value == BRIGHT:
             assert masks[0, :, : half - 4].all() and not masks[0, :, half + 4 :].any(), image_id
@@ -88,7 +102,7 @@ def test_predict_masks_yields_rule_applied_masks_at_the_original_size_in_table_o
         assert probability[2, 0, 0] > 0.99  # the patch was predicted, and removed by the rule
 
 
-def test_predict_masks_min_area_counts_original_pixels(tmp_path: Path) -> None:
+def test_min_area_counts_original_pixels(tmp_path: Path) -> None:
     table = write_table(tmp_path / "images", ["a.png"], [BRIGHT], [ORIGINAL])
     # The 2x2 model-size patch is 4 pixels at the model's size but more at the original 40x96 (8 once
     # upsampled and thresholded): min area 6 keeps it, min area 200 does not.
@@ -101,7 +115,7 @@ def test_predict_masks_min_area_counts_original_pixels(tmp_path: Path) -> None:
             assert 6 <= len(rows) < 20 and rows.max() < 5 and cols.max() < 8
 
 
-def test_predict_masks_averages_models(tmp_path: Path) -> None:
+def test_prediction_averages_models(tmp_path: Path) -> None:
     table = write_table(tmp_path / "images", ["a.png"], [BRIGHT], [ORIGINAL])
     strong, weak = StandIn(), StandIn()
     with torch.no_grad():
@@ -118,7 +132,7 @@ def test_predict_masks_averages_models(tmp_path: Path) -> None:
     np.testing.assert_allclose(p_both[1], (p_alone[1] + 1 / (1 + np.exp(-4.44))) / 2, atol=0.02)
 
 
-def test_predict_masks_keeps_no_yielded_item(tmp_path: Path) -> None:
+def test_prediction_keeps_no_yielded_item(tmp_path: Path) -> None:
     names = [f"{i:02d}.png" for i in range(10)]
     table = write_table(tmp_path / "images", names, [BRIGHT] * 10, [ORIGINAL] * 10)
     refs: list[weakref.ref] = []
@@ -154,7 +168,7 @@ def traced_peak(run: Iterator[object], keep: bool = False) -> int:
     return peak
 
 
-def test_predict_masks_memory_does_not_grow_with_the_number_of_images(
+def test_prediction_memory_does_not_grow_with_the_number_of_images(
     many_images: tuple[Path, pd.DataFrame],
 ) -> None:
     folder, table = many_images

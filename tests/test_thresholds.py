@@ -1,5 +1,6 @@
 """Choosing the allMissing gating threshold: candidates, confusion counts, gating Dice, the four objectives,
-the plateau rule, the per-class report and the ROC/PR curves, on hand-made score tables."""
+the plateau rule, the per-class report and the ROC/PR curves, and the per-class presence thresholds of a
+multilabel classifier, on hand-made score tables."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from stages.core.thresholds import (
     best_threshold,
     candidate_thresholds,
     choose_threshold,
+    class_gating_dice,
     class_report,
+    class_threshold_report,
     confusion,
     curves,
     gating_dice,
@@ -339,3 +342,58 @@ def test_candidates_realise_every_distinct_cut(scores: list[float]) -> None:
     # One candidate per possible kept set: nothing, each prefix of distinct scores, everything.
     assert kept == [0] + [int((all_missing <= s).sum()) for s in distinct]
     assert (thresholds[1:-1] > distinct[:-1]).all() and (thresholds[1:-1] < distinct[1:]).all()
+
+
+# --- per-class thresholds (multilabel classifier) -----------------------------------------------------------
+
+# Six images' presence probability of one class, and whether the class is there.
+PRESENCE = np.array([0.05, 0.2, 0.3, 0.45, 0.7, 0.9])
+PRESENT = np.array([False, False, True, False, True, True])
+
+
+def test_class_gating_dice_by_hand() -> None:
+    # Pairs with p < t are wiped: an absent class scores 1 there, a present one 0; kept pairs score 1.
+    values = class_gating_dice(PRESENCE, PRESENT, np.array([0.0, 0.25, 0.35, 0.8, 1.0]))
+    np.testing.assert_allclose(values, [1.0, 1.0, 5 / 6, 4 / 6, 3 / 6])
+
+
+def test_class_threshold_keeps_every_present_pair_and_wipes_the_most_absent_ones() -> None:
+    chosen = class_threshold_report(PRESENCE, PRESENT)
+    # The lowest present score is 0.3: the highest candidate below it is the midpoint with 0.2.
+    assert chosen["threshold"] == pytest.approx(0.25)
+    assert chosen["gating_dice"] == 1.0
+    assert chosen["all_empty_dice"] == pytest.approx(0.5)
+    assert (chosen["present"], chosen["present_kept"]) == (3, 3)
+    assert (chosen["absent_wiped"], chosen["absent_kept"]) == (2, 1)  # 0.45 is above the lowest present
+    assert chosen["auc"] == pytest.approx(roc_auc_score(PRESENT, PRESENCE))
+
+
+def test_class_threshold_of_a_class_never_present_wipes_every_pair() -> None:
+    chosen = class_threshold_report(PRESENCE, np.zeros(6, bool))
+    assert chosen["threshold"] > PRESENCE.max() and chosen["absent_wiped"] == 6
+    assert np.isnan(chosen["auc"]) and chosen["gating_dice"] == 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.integers(0, 10).map(lambda v: v / 10), min_size=n, max_size=n),
+            st.lists(st.booleans(), min_size=n, max_size=n),
+        )
+    )
+)
+def test_class_gating_dice_matches_a_naive_loop(case: tuple[list[float], list[bool]]) -> None:
+    presence, present = np.array(case[0]), np.array(case[1])
+    thresholds = candidate_thresholds(presence)
+    values = class_gating_dice(presence, present, thresholds)
+    for value, threshold in zip(values, thresholds, strict=True):
+        scores = [
+            0.0 if (p < threshold and there) else 1.0 for p, there in zip(presence, present, strict=True)
+        ]
+        assert value == pytest.approx(np.mean(scores))
+    chosen = class_threshold_report(presence, present)
+    # Never loses a present pair, and no higher candidate would keep them all.
+    assert chosen["present_kept"] == chosen["present"]
+    higher = thresholds[thresholds > chosen["threshold"]]
+    assert all(((presence < t) & present).any() for t in higher)

@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -18,9 +20,21 @@ from torch.utils.data import DataLoader, TensorDataset
 from stages.classifier import ClassifierParams
 from stages.core.device import Runtime, resolve_runtime
 from stages.core.errors import PipelineError
-from stages.core.images import AugmentParams
+from stages.core.images import AugmentParams, CropSpec
 from stages.core.params import from_mapping
-from stages.core.training import FitResult, TrainParams, fit, format_epoch, make_optimizer, make_scheduler
+from stages.core.training import (
+    FitResult,
+    FoldTask,
+    TrainParams,
+    class_balance_weights,
+    fit,
+    format_epoch,
+    make_loader,
+    make_optimizer,
+    make_scheduler,
+    train_folds,
+)
+from stages.segment import SegmentParams
 
 VALID: dict[str, Any] = {
     "backbone": "resnet18",
@@ -109,6 +123,54 @@ def test_bad_train_params_name_the_key(change: dict[str, Any], key: str) -> None
 def test_bad_classifier_params_name_the_key(change: dict[str, Any], key: str) -> None:
     with pytest.raises(PipelineError, match=key.replace(".", r"\.")):
         from_mapping(ClassifierParams, {**VALID, **change}, "classifier")
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"head": "softmax"}, "classifier.head"),
+        ({"images_per_epoch": 0}, "classifier.images_per_epoch"),
+        ({"images_per_epoch": 2.5}, "classifier.images_per_epoch"),
+    ],
+)
+def test_bad_classifier_head_and_budget_name_the_key(change: dict[str, Any], key: str) -> None:
+    with pytest.raises(PipelineError, match=key.replace(".", r"\.")):
+        from_mapping(ClassifierParams, {**VALID, **change}, "classifier")
+
+
+SEGMENT = {**VALID, "backbone": "resnet18", "input_height": 128, "input_width": 800}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"crop_height": 64}, "segment.crop_width and crop_height must both be set or both be null"),
+        ({"crop_height": 64, "crop_width": 100}, "segment.crop_width must be a multiple of 32, got 100"),
+        (
+            {"crop_height": 256, "crop_width": 256},
+            "segment.crop_height must be <= the input size (128), got 256",
+        ),
+        (
+            {"crop_height": 64, "crop_width": 832},
+            "segment.crop_width must be <= the input size (800), got 832",
+        ),
+        ({"crop_defect_bias": 1.5}, "segment.crop_defect_bias must be a probability in [0, 1], got 1.5"),
+        ({"thresholds": [0.5, 0.5]}, "segment.thresholds must not repeat a value"),
+        ({"thresholds": [0.0]}, "segment.thresholds must be in (0, 1), got 0.0"),
+        ({"train_images": "clean"}, "segment.train_images must be one of all, defective, got 'clean'"),
+        ({"tune_on": "all"}, "segment.tune_on is not a known parameter"),
+    ],
+)
+def test_bad_segment_params_name_the_key(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(PipelineError) as error:
+        from_mapping(SegmentParams, {**SEGMENT, **change}, "segment")
+    assert message in str(error.value)
+
+
+def test_segment_crop_params() -> None:
+    assert from_mapping(SegmentParams, SEGMENT, "segment").crop is None
+    params = from_mapping(SegmentParams, {**SEGMENT, "crop_height": 128, "crop_width": 256}, "segment")
+    assert params.crop == CropSpec(128, 256, 0.5)
 
 
 # --- runtime ------------------------------------------------------------------------------------------------
@@ -295,3 +357,209 @@ def test_format_epoch() -> None:
     line = format_epoch("classifier fold 0", 3, {"train_loss": 0.5, "loss": 0.25, "lr": 1e-3, "best": 1.0})
     assert line == "classifier fold 0 epoch 3: train_loss=0.5000 loss=0.2500 lr=1.00e-03 *best*"
     assert not format_epoch("x", 1, {"loss": 1.0, "lr": 0.1, "best": 0.0}).endswith("*best*")
+
+
+# --- images per epoch ---------------------------------------------------------------------------------------
+
+
+class Indexed(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+@pytest.mark.parametrize(("n", "samples"), [(5, 12), (5, 3), (4, 4)])
+def test_images_per_epoch_draws_whole_permutations(n: int, samples: int) -> None:
+    loader = make_loader(Indexed(n), batch_size=4, num_workers=0, shuffle=True, seed=1, samples=samples)
+    drawn = [int(i) for batch in loader for i in batch]
+    assert len(drawn) == samples
+    # Consecutive permutations: no item twice before every item once.
+    for start in range(0, samples - n + 1, n):
+        assert sorted(drawn[start : start + n]) == list(range(n))
+    assert len(set(drawn[(samples // n) * n :])) == samples % n
+    again = [int(i) for batch in make_loader(Indexed(n), 4, 0, True, 1, samples) for i in batch]
+    assert again == drawn  # seeded
+    second_epoch = [int(i) for batch in loader for i in batch]
+    assert len(second_epoch) == samples
+
+
+def test_without_images_per_epoch_an_epoch_is_one_pass() -> None:
+    drawn = [int(i) for batch in make_loader(Indexed(7), 3, 0, shuffle=True, seed=0) for i in batch]
+    assert sorted(drawn) == list(range(7))
+    assert [int(i) for batch in make_loader(Indexed(7), 3, 0) for i in batch] == list(range(7))
+
+
+def test_images_per_epoch_sets_the_training_budget() -> None:
+    torch.manual_seed(0)
+    inputs = torch.randn(10, 4)
+    dataset = TensorDataset(inputs, inputs.sum(1, keepdim=True))
+    params = TrainParams(optimizer="sgd", scheduler="none", max_epochs=3, min_epochs=3, images_per_epoch=25)
+    train = make_loader(dataset, 4, 0, shuffle=True, seed=0, samples=params.images_per_epoch)
+    result = fit(
+        nn.Linear(4, 1),
+        train,
+        DataLoader(dataset, batch_size=4),
+        nn.MSELoss(),
+        lambda model, loader: {"loss": 1.0},
+        params,
+        CPU,
+        lambda epoch, metrics: None,
+        "budget",
+    )
+    assert result.train_images == 3 * 25
+
+
+# --- the fold loop both model stages share ------------------------------------------------------------------
+
+
+class Rows(torch.utils.data.Dataset):
+    """One (features, target) item per table row: features from the row's `x`, target its `y`."""
+
+    def __init__(self, rows: pd.DataFrame) -> None:
+        self.x = torch.tensor(rows["x"].to_numpy(), dtype=torch.float32)[:, None].repeat(1, 4)
+        self.y = torch.tensor(rows["y"].to_numpy(), dtype=torch.float32)[:, None]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+
+class Freezable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.head = nn.Linear(4, 4), nn.Linear(4, 1)
+        self.frozen = False
+
+    def freeze_encoder(self) -> None:
+        self.frozen = True
+        self.encoder.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def test_train_folds_holds_out_each_fold_and_keeps_its_best_weights() -> None:
+    table = pd.DataFrame(
+        {"x": np.linspace(-1, 1, 30), "fold": np.arange(30) % 5, "keep": np.arange(30) % 3 > 0}
+    )
+    table["y"] = 2 * table["x"]
+    seen: dict[str, list[pd.DataFrame]] = {"train": [], "val": []}
+
+    def train_set(rows: pd.DataFrame, seed: int) -> Rows:
+        seen["train"].append(rows)
+        return Rows(rows)
+
+    def val_set(rows: pd.DataFrame) -> Rows:
+        seen["val"].append(rows)
+        return Rows(rows)
+
+    losses: list[float] = []
+
+    def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        with torch.no_grad():
+            losses.append(float(sum(nn.functional.mse_loss(model(x), y) for x, y in loader)))
+        return {"loss": losses[-1]}
+
+    task = FoldTask(
+        name="toy",
+        build_model=Freezable,
+        train_set=train_set,
+        val_set=val_set,
+        loss_fn=nn.MSELoss(),
+        evaluate=evaluate,
+        select_train_rows=lambda rows: rows[rows["keep"]],
+    )
+    params = TrainParams(folds=3, max_epochs=3, min_epochs=3, freeze_encoder=True, learning_rate=0.05)
+    fold_models = train_folds(task, params, table, CPU, NullLive())
+    assert [m.fold for m in fold_models] == [0, 1, 2]
+    for fold_model, train_rows, val_rows in zip(fold_models, seen["train"], seen["val"], strict=True):
+        fold = fold_model.fold
+        assert (val_rows["fold"] == fold).all() and len(val_rows) == 6
+        assert (train_rows["fold"] != fold).all() and train_rows["keep"].all()  # selected rows only
+        assert fold_model.train_folds == sorted(set(range(5)) - {fold})
+        assert fold_model.model.frozen and not any(
+            p.requires_grad for p in fold_model.model.encoder.parameters()
+        )
+        assert_state_equal(fold_model.model.state_dict(), fold_model.result.best_state)
+        extra = fold_model.checkpoint_extra(params)
+        assert extra["val_fold"] == fold and extra["train_folds"] == fold_model.train_folds
+        assert extra["params"]["folds"] == 3
+        assert set(fold_model.metrics(("loss",))) == {
+            "best_epoch",
+            "epochs_run",
+            "val_loss",
+            "train_images_per_s",
+        }
+
+
+class NullLive:
+    """dvclive's Live, as far as the epoch logger uses it."""
+
+    step = 0
+
+    def log_metric(self, name: str, value: float, plot: bool = True) -> None:
+        assert isinstance(name, str) and isinstance(value, float)
+
+
+def test_images_per_epoch_must_be_positive() -> None:
+    with pytest.raises(PipelineError, match=r"segment\.images_per_epoch must be at least 1"):
+        from_mapping(TrainParams, {"images_per_epoch": 0}, "segment")
+    assert from_mapping(TrainParams, {"images_per_epoch": None}, "segment").images_per_epoch is None
+
+
+# --- class-balanced sampling --------------------------------------------------------------------------------
+
+BALANCE_TABLE = pd.DataFrame(
+    {
+        # 6 clean images, 3 with class 1, 1 with class 2, 1 with classes 1 and 2.
+        "has_defect": [False] * 6 + [True] * 5,
+        "rle_1": [""] * 6 + ["1 1", "1 1", "1 1", "", "1 1"],
+        "rle_2": [""] * 6 + ["", "", "", "1 1", "1 1"],
+    }
+)
+
+
+def class_shares(weights: np.ndarray) -> list[float]:
+    table = BALANCE_TABLE
+    return [
+        float(weights[table["rle_1"] != ""].sum()),
+        float(weights[table["rle_2"] != ""].sum()),
+        float(weights[~table["has_defect"]].sum()),
+    ]
+
+
+def test_class_balance_zero_draws_images_uniformly_up_to_multi_class_images() -> None:
+    weights = class_balance_weights(BALANCE_TABLE, 2, 0.0)
+    assert weights.sum() == pytest.approx(1.0)
+    # Every (image, class) membership counts once: the two-class image is twice as likely.
+    assert weights[-1] == pytest.approx(2 * weights[0])
+    np.testing.assert_allclose(weights[:10], weights[0])
+
+
+def test_class_balance_one_draws_every_class_equally_often() -> None:
+    weights = class_balance_weights(BALANCE_TABLE, 2, 1.0)
+    # Classes 1, 2 and clean each get a third; the two-class image is drawn through either class.
+    by_class = np.array([1 / 3 / 4, 1 / 3 / 2, 1 / 3 / 6])  # per image of class 1, class 2, clean
+    expected = np.array([by_class[2]] * 6 + [by_class[0]] * 3 + [by_class[1], by_class[0] + by_class[1]])
+    np.testing.assert_allclose(weights, expected / expected.sum())
+    shares = class_shares(weights)
+    assert shares[1] > shares[2]  # rare class 2 now drawn more than the 6 clean images
+
+
+def test_a_class_absent_from_the_rows_gets_no_weight() -> None:
+    rows = BALANCE_TABLE[BALANCE_TABLE["rle_2"] == ""]
+    weights = class_balance_weights(rows, 2, 1.0)
+    assert weights.sum() == pytest.approx(1.0) and (weights > 0).all()
+
+
+def test_weighted_loader_draws_by_weight() -> None:
+    weights = np.array([0.0, 0.0, 1.0, 0.0])
+    loader = make_loader(Indexed(4), 8, 0, shuffle=True, seed=0, samples=20, weights=weights)
+    assert [int(i) for batch in loader for i in batch] == [2] * 20

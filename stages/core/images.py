@@ -71,10 +71,34 @@ class AugmentParams:
             require(0.0 <= value <= 1.0, f"{section}.{name}", "must be in [0, 1]", value)
 
 
-def build_augmentations(params: AugmentParams, seed: int) -> A.Compose:
-    """The training augmentations; albumentations has its own random generator, seeded here."""
-    return A.Compose(
+@dataclass(frozen=True)
+class CropSpec:
+    """Training crops of (height, width) taken from the image at the model's input size; with probability
+    `defect_bias` the crop is placed around a random mask pixel (when the image has one), so that small,
+    rare defects are not mostly cropped away."""
+
+    height: int
+    width: int
+    defect_bias: float = 0.0
+
+
+def crop_transform(crop: CropSpec) -> A.BasicTransform:
+    # OneOf normalises its children's p: defect_bias of the time around a mask pixel, else anywhere.
+    return A.OneOf(
         [
+            A.CropNonEmptyMaskIfExists(crop.height, crop.width, p=crop.defect_bias),
+            A.RandomCrop(crop.height, crop.width, p=1.0 - crop.defect_bias),
+        ],
+        p=1.0,
+    )
+
+
+def build_augmentations(params: AugmentParams, seed: int, crop: CropSpec | None = None) -> A.Compose:
+    """The training augmentations, after a random crop when `crop` is given; albumentations has its own
+    random generator, seeded here."""
+    return A.Compose(
+        ([crop_transform(crop)] if crop is not None else [])
+        + [
             A.HorizontalFlip(p=params.horizontal_flip),
             A.VerticalFlip(p=params.vertical_flip),
             A.RandomBrightnessContrast(
@@ -96,11 +120,22 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 
+def classifier_targets(table: pd.DataFrame, outputs: int) -> np.ndarray:
+    """(N, outputs) float32 targets of the classifier's columns: 0 = allMissing (no defect of any class),
+    k = class k present (rle_k not empty), for k < outputs."""
+    targets = np.empty((len(table), outputs), dtype=np.float32)
+    targets[:, 0] = ~table["has_defect"].astype(bool).to_numpy()
+    for k in range(1, outputs):
+        targets[:, k] = table[f"rle_{k}"].ne("").to_numpy()
+    return targets
+
+
 class ImageTable(Dataset):
     """Images of a table (ImageId, height, width[, rle_1..rle_K]) at the model's input size.
 
-    target: "none" -> (image, index); "all_missing" -> (image, 1.0 if the image has no defect);
-    "masks" -> (image, (K, H, W) float masks). Augmentations apply to image and masks together.
+    target: "none" -> (image, index); "labels" -> (image, labels[index]) for an (N, C) array `labels`;
+    "masks" -> (image, (K, h, w) float masks). Augmentations (crops included) apply to image and masks
+    together, so a crop gives a smaller image than `size`.
     """
 
     def __init__(
@@ -111,12 +146,15 @@ class ImageTable(Dataset):
         target: str = "none",
         num_classes: int = 0,
         augment: A.Compose | None = None,
+        labels: np.ndarray | None = None,
     ) -> None:
         self.image_ids = table["ImageId"].tolist()
         self.originals = list(zip(table["height"].astype(int), table["width"].astype(int), strict=True))
         self.folder, self.size, self.target, self.augment = folder, size, target, augment
-        if target == "all_missing":
-            self.labels = (~table["has_defect"].astype(bool)).to_numpy(np.float32)
+        if target == "labels":
+            if labels is None or len(labels) != len(table):
+                raise ValueError("target 'labels' needs one row of labels per table row")
+            self.labels = torch.from_numpy(np.asarray(labels, dtype=np.float32))
         if target == "masks":
             self.rles = table[[f"rle_{c}" for c in range(1, num_classes + 1)]].to_numpy().tolist()
 
@@ -134,6 +172,6 @@ class ImageTable(Dataset):
             return to_tensor(image), torch.from_numpy(np.ascontiguousarray(masks.transpose(2, 0, 1))).float()
         if self.augment is not None:
             image = self.augment(image=image)["image"]
-        if self.target == "all_missing":
-            return to_tensor(image), torch.tensor(self.labels[index])
+        if self.target == "labels":
+            return to_tensor(image), self.labels[index]
         return to_tensor(image), torch.tensor(index)

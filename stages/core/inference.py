@@ -13,7 +13,6 @@ from torch import nn
 
 from stages.core.device import Runtime, inference
 from stages.core.images import ImageTable
-from stages.core.postprocess import ClassRule, apply_rules
 from stages.core.training import make_loader
 
 
@@ -26,7 +25,7 @@ def batches(
         yield images, indices.numpy()
 
 
-def all_missing_probability(
+def classifier_probabilities(
     models: Sequence[nn.Module],
     table: pd.DataFrame,
     folder: Path,
@@ -35,14 +34,19 @@ def all_missing_probability(
     batch_size: int,
     num_workers: int = 0,
 ) -> np.ndarray:
-    """allMissing = P(no defect) per row, averaged over the given models' probabilities."""
-    result = np.empty(len(table), dtype=np.float64)
+    """(N, C) sigmoid probabilities of the classifier's columns per row (column 0 allMissing = P(no
+    defect), then P(class k present) for a multilabel head), averaged over the given models."""
     models = [runtime.model(model).eval() for model in models]
+    result: np.ndarray | None = None
     with inference(runtime):
         for images, indices in batches(table, folder, size, batch_size, num_workers):
             images = runtime.batch(images)
-            probabilities = [torch.sigmoid(model(images).float()) for model in models]
-            result[indices] = torch.stack(probabilities).mean(0).cpu().numpy()
+            probabilities = torch.stack([torch.sigmoid(model(images).float()) for model in models]).mean(0)
+            if result is None:
+                result = np.empty((len(table), probabilities.shape[1]), dtype=np.float64)
+            result[indices] = probabilities.cpu().numpy()
+    if result is None:  # an empty table: no batch told the column count
+        result = np.empty((0, getattr(models[0], "outputs", 1)), dtype=np.float64)
     return result
 
 
@@ -73,19 +77,20 @@ def upsample(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized.reshape(size[0], size[1], -1).transpose(2, 0, 1)
 
 
-def predict_masks(
+def predict_probabilities(
     models: Sequence[nn.Module],
     table: pd.DataFrame,
     folder: Path,
     size: tuple[int, int],
     runtime: Runtime,
     batch_size: int,
-    rules: Sequence[ClassRule],
     tta: str = "none",
     num_workers: int = 0,
-) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield (ImageId, (K, H, W) uint8 masks at the original size, (K, h, w) model-size probabilities)
-    image by image, in table order. A generator: memory does not grow with the number of images."""
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (ImageId, (K, H, W) float32 probabilities at the image's original size) image by image, in
+    table order: each whole image is predicted at the model's input size `size` (the prediction scale),
+    averaged over the models and the flips of `tta`, then upsampled. A generator: memory does not grow
+    with the number of images."""
     models = [runtime.model(model).eval() for model in models]
     image_ids = table["ImageId"].tolist()
     originals = list(zip(table["height"].astype(int), table["width"].astype(int), strict=True))
@@ -93,5 +98,4 @@ def predict_masks(
         with inference(runtime):
             probabilities = flip_tta_probabilities(models, runtime.batch(images), tta).cpu().numpy()
         for probability, index in zip(probabilities, indices, strict=True):
-            full = upsample(probability, originals[index])
-            yield image_ids[index], apply_rules(full, rules), probability
+            yield image_ids[index], upsample(probability, originals[index])

@@ -12,6 +12,7 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
+from segmentation_models_pytorch.base import ClassificationHead, SegmentationModel
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
@@ -79,42 +80,46 @@ def build_encoder(name: str, weights: str) -> nn.Module:
     return encoder
 
 
-class FreezableEncoder(nn.Module):
-    """freeze_encoder() trains only what follows the encoder (the "bottleneck features" approach), with the
-    encoder's BatchNorm statistics fixed too, whatever train() calls come later."""
-
-    encoder: nn.Module
-
-    def freeze_encoder(self) -> None:
-        self.encoder.requires_grad_(False)
-        self.train(self.training)  # a model already in train mode: fix the encoder's BatchNorm now
-
-    def train(self, mode: bool = True) -> FreezableEncoder:
-        super().train(mode)
-        if not any(p.requires_grad for p in self.encoder.parameters()):
-            self.encoder.eval()
-        return self
+CLASSIFIER_HEADS = ("binary", "multilabel")
 
 
-class AllMissingClassifier(FreezableEncoder):
-    """Encoder + global average pooling + linear: one logit of P(image has no defect of any class)."""
+def classifier_outputs(head: str, num_classes: int) -> int:
+    """Output columns: 0 is the allMissing logit; the multilabel head adds one presence logit per class."""
+    return 1 if head == "binary" else 1 + num_classes
 
-    def __init__(self, backbone: str, weights: str = "none", dropout: float = 0.2) -> None:
+
+class DefectClassifier(SegmentationModel):
+    """An smp encoder and smp's ClassificationHead (average pooling, dropout, linear).
+
+    Output (N, C) logits: column 0 is allMissing (the image has no defect of any class); with
+    head="multilabel" columns 1..K are the presence of each defect class. A SegmentationModel without a
+    decoder, so that smp's freeze_encoder() (frozen weights, BatchNorm statistics kept fixed through
+    later train() calls) serves it as it serves the U-Net.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        weights: str = "none",
+        dropout: float = 0.2,
+        head: str = "binary",
+        num_classes: int = 4,
+    ) -> None:
         super().__init__()
+        if head not in CLASSIFIER_HEADS:
+            raise ValueError(f"unknown classifier head {head!r}; choose from {', '.join(CLASSIFIER_HEADS)}")
+        self.head_kind, self.num_classes = head, num_classes
         self.encoder = build_encoder(backbone, weights)
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Dropout(dropout),
-            nn.Linear(self.encoder.out_channels[-1], 1),
+        self.classification_head = ClassificationHead(
+            self.encoder.out_channels[-1], classifier_outputs(head, num_classes), dropout=dropout
         )
 
+    @property
+    def outputs(self) -> int:
+        return classifier_outputs(self.head_kind, self.num_classes)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(images)[-1]).squeeze(1)
-
-
-class DefectUnet(FreezableEncoder, smp.Unet):
-    """smp's U-Net with an encoder that can be frozen like the classifier's."""
+        return self.classification_head(self.encoder(images)[-1])
 
 
 UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's default
@@ -122,8 +127,8 @@ UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's default
 
 def build_unet(
     encoder: str, weights: str, num_classes: int, decoder_channels: tuple[int, ...] = UNET_DECODER_CHANNELS
-) -> DefectUnet:
-    model = DefectUnet(
+) -> smp.Unet:
+    model = smp.Unet(
         encoder_name=encoder,
         encoder_weights="imagenet" if weights == "imagenet" else None,
         decoder_channels=tuple(decoder_channels),
@@ -156,15 +161,26 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_classifier(path: Path) -> tuple[AllMissingClassifier, dict[str, Any]]:
+def load_classifier(path: Path) -> tuple[DefectClassifier, dict[str, Any]]:
     checkpoint = read_checkpoint(path)
     config = checkpoint["config"]
-    model = AllMissingClassifier(config["backbone"], "none", config.get("dropout", 0.0))
-    model.load_state_dict(checkpoint["state_dict"])
+    model = DefectClassifier(
+        config["backbone"],
+        "none",
+        config.get("dropout", 0.0),
+        config.get("head", "binary"),  # checkpoints from before the multilabel head
+        config.get("num_classes", 4),
+    )
+    # Before smp's ClassificationHead the head was called `head` (same layers, same order).
+    state = {
+        ("classification_head." + key.removeprefix("head.") if key.startswith("head.") else key): value
+        for key, value in checkpoint["state_dict"].items()
+    }
+    model.load_state_dict(state)
     return model.eval(), checkpoint
 
 
-def load_unet(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_unet(path: Path) -> tuple[smp.Unet, dict[str, Any]]:
     checkpoint = read_checkpoint(path)
     config = checkpoint["config"]
     decoder = tuple(config.get("decoder_channels", UNET_DECODER_CHANNELS))

@@ -1,7 +1,14 @@
-"""Mask post-processing: per-class probability threshold and minimum area, its grid search, and gating.
+"""Mask post-processing, pure numpy: per-class rules (probability threshold, minimum area), candidate
+statistics, the rule search, and gating by the classifier.
 
-Pure numpy. A predicted mask of class k is `probability >= threshold[k]`, wiped entirely when its area
-(in original-image pixels) is below `min_area_px[k]`.
+A predicted mask of class k is `probability >= threshold[k]` at the image's original size, wiped when its
+area is below `min_area_px[k]`. Segment computes, for every threshold of its grid, each mask's area (a
+*candidate*) and, on holdout images, its intersection with the truth; from those counts the Dice of any
+rule follows without the pixels, so the search can run again under any gating in postprocess.
+
+Gating decides, per (image, class), whether the classifier lets a mask through, and with which weight:
+a kept mask survives min area a when `weight * area >= a`. The weight is 1 except for soft gating, where it
+is the classifier's presence probability (a mask the classifier doubts must be larger to be kept).
 """
 
 from __future__ import annotations
@@ -10,8 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from stages.core.metric import dice_from_counts
+
+GATING_MODES = ("none", "image", "class", "soft")
 
 
 @dataclass(frozen=True)
@@ -25,8 +35,8 @@ def apply_rules(probabilities: np.ndarray, rules: Sequence[ClassRule], area_scal
     probabilities into original-image pixels (1 when they are at the original size)."""
     masks = np.zeros(probabilities.shape, dtype=np.uint8)
     for k, rule in enumerate(rules):
-        # Compared in float64, as GridSearch does: a Python float threshold would be rounded to the
-        # probabilities' float32 and count pixels the search did not (e.g. float32(0.7) >= 0.7).
+        # Compared in float64, as the candidate counts are: a Python float threshold would be rounded to
+        # the probabilities' float32 and count pixels the search did not (e.g. float32(0.7) >= 0.7).
         mask = probabilities[k] >= np.float64(rule.threshold)
         area = int(mask.sum())
         # A non-empty mask survives min area 0 whatever the scale (an empty one has nothing to keep).
@@ -35,49 +45,206 @@ def apply_rules(probabilities: np.ndarray, rules: Sequence[ClassRule], area_scal
     return masks
 
 
-class GridSearch:
-    """Streaming search of per-class (threshold, min_area_px) maximising mean Dice over images.
+def candidate_counts(
+    probabilities: np.ndarray, thresholds: Sequence[float], truth: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Areas (K, T) of the masks `probabilities >= t` for each class and threshold, and with `truth`
+    ((K, H, W) 0/1 masks of the same size) their intersections (K, T) with it."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    num_classes = probabilities.shape[0]
+    areas = np.zeros((num_classes, len(thresholds)), dtype=np.int64)
+    intersections = None if truth is None else np.zeros_like(areas)
+    for k in range(num_classes):
+        flat = probabilities[k].ravel()
+        true = None if truth is None else truth[k].ravel().astype(bool)
+        for t, threshold in enumerate(thresholds):
+            mask = flat >= threshold
+            areas[k, t] = np.count_nonzero(mask)
+            if intersections is not None and true is not None:
+                intersections[k, t] = np.count_nonzero(mask & true)
+    return areas, intersections
 
-    `update` takes batches of probabilities and true masks at the same (model) size and accumulates, for
-    every grid point, the sum of per-image Dice; memory does not grow with the number of images.
+
+@dataclass(frozen=True)
+class Candidates:
+    """Candidate counts of N holdout images, K classes and T probability thresholds."""
+
+    image_ids: tuple[str, ...]
+    thresholds: np.ndarray  # (T,), ascending
+    pred_area: np.ndarray  # (N, K, T)
+    intersection: np.ndarray  # (N, K, T)
+    truth_area: np.ndarray  # (N, K)
+
+    @property
+    def num_classes(self) -> int:
+        return self.truth_area.shape[1]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (image, class, threshold): ImageId, ClassId, threshold, pred_area, intersection,
+        truth_area."""
+        n, k, t = self.pred_area.shape
+        return pd.DataFrame(
+            {
+                "ImageId": np.repeat(np.asarray(self.image_ids, dtype=object), k * t),
+                "ClassId": np.tile(np.repeat(np.arange(1, k + 1), t), n),
+                "threshold": np.tile(self.thresholds, n * k),
+                "pred_area": self.pred_area.ravel(),
+                "intersection": self.intersection.ravel(),
+                "truth_area": np.repeat(self.truth_area.ravel(), t),
+            }
+        )
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> Candidates:
+        """The inverse of to_frame(); rows may come in any order, but every (image, class, threshold)
+        must be there exactly once."""
+        thresholds = np.sort(frame["threshold"].astype(np.float64).unique())
+        image_ids = tuple(dict.fromkeys(frame["ImageId"]))
+        num_classes = int(frame["ClassId"].max()) if len(frame) else 0
+        shape = (len(image_ids), num_classes, len(thresholds))
+        if len(frame) != int(np.prod(shape)):
+            raise ValueError(f"expected {int(np.prod(shape))} candidate rows (images x classes x thresholds)")
+        image_index = {image_id: i for i, image_id in enumerate(image_ids)}
+        n = frame["ImageId"].map(image_index).to_numpy()
+        k = frame["ClassId"].astype(int).to_numpy() - 1
+        t = np.searchsorted(thresholds, frame["threshold"].astype(np.float64).to_numpy())
+        pred_area, intersection = np.full(shape, -1, np.int64), np.full(shape, -1, np.int64)
+        pred_area[n, k, t] = frame["pred_area"].to_numpy()
+        intersection[n, k, t] = frame["intersection"].to_numpy()
+        if (pred_area < 0).any():
+            raise ValueError("duplicate candidate rows: some (image, class, threshold) is missing")
+        truth_area = np.zeros(shape[:2], np.int64)
+        truth_area[n, k] = frame["truth_area"].to_numpy()
+        return cls(image_ids, thresholds, pred_area, intersection, truth_area)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What the classifier lets through, per (image, class): `keep` (N, K) bool; `weight` (N, K): a kept
+    mask survives min area a when weight * area >= a."""
+
+    keep: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def open(cls, n_images: int, num_classes: int) -> Gate:
+        return cls(np.ones((n_images, num_classes), bool), np.ones((n_images, num_classes)))
+
+
+def supported_modes(has_class_probabilities: bool) -> tuple[str, ...]:
+    """Gating modes a classifier supports: per-class gating needs a presence probability per class."""
+    return GATING_MODES if has_class_probabilities else ("none", "image", "soft")
+
+
+def gate_for(
+    mode: str,
+    all_missing: np.ndarray,
+    presence: np.ndarray | None,
+    num_classes: int,
+    image_threshold: float,
+    class_thresholds: Sequence[float] | None = None,
+) -> Gate:
+    """The gate of one mode for N images.
+
+    none: every mask goes through. image: every mask of an image with allMissing >= image_threshold is
+    wiped. class: the mask of class k is wiped where presence[:, k] < class_thresholds[k]. soft: nothing
+    is wiped outright, the weight is presence[:, k] (1 - allMissing for a binary classifier).
     """
+    all_missing = np.asarray(all_missing, dtype=np.float64)
+    n = len(all_missing)
+    if mode == "none":
+        return Gate.open(n, num_classes)
+    if mode == "image":
+        keep = np.repeat((all_missing < image_threshold)[:, None], num_classes, axis=1)
+        return Gate(keep, np.ones((n, num_classes)))
+    if mode == "class":
+        if presence is None or class_thresholds is None:
+            raise ValueError("class gating needs a presence probability and a threshold per class")
+        keep = np.asarray(presence, np.float64) >= np.asarray(class_thresholds, np.float64)[None, :]
+        return Gate(keep, np.ones((n, num_classes)))
+    if mode == "soft":
+        if presence is None:
+            weight = np.repeat((1.0 - all_missing)[:, None], num_classes, axis=1)
+        else:
+            weight = np.asarray(presence, dtype=np.float64)
+        return Gate(np.ones((n, num_classes), bool), weight)
+    raise ValueError(f"unknown gating mode {mode!r}; choose from {', '.join(GATING_MODES)}")
 
-    def __init__(self, thresholds: Sequence[float], min_areas_px: Sequence[int], num_classes: int) -> None:
-        self.thresholds = np.sort(np.asarray(thresholds, dtype=np.float64))  # ties go to the lowest
-        self.min_areas = np.sort(np.asarray(min_areas_px, dtype=np.float64))
-        self.dice_sum = np.zeros((num_classes, len(self.thresholds), len(self.min_areas)))
-        self.count = 0
 
-    def update(self, probabilities: np.ndarray, truth: np.ndarray, area_scale: float = 1.0) -> None:
-        """probabilities, truth: (N, K, h, w); area_scale: original pixels per pixel at this size."""
-        truth = truth.astype(bool)
-        truth_area = truth.sum(axis=(2, 3)).astype(np.float64)  # (N, K)
-        for t, threshold in enumerate(self.thresholds):
-            predicted = probabilities >= threshold
-            pred_area = predicted.sum(axis=(2, 3)).astype(np.float64)
-            intersection = (predicted & truth).sum(axis=(2, 3)).astype(np.float64)
-            # keep[a, n, k]: the mask survives min area a (as in apply_rules; an empty mask has no pixels
-            # to keep, so keeping it or not changes nothing).
-            keep = (pred_area > 0)[None] & ((pred_area * area_scale)[None] >= self.min_areas[:, None, None])
-            dice = dice_from_counts(keep * pred_area[None], truth_area[None], keep * intersection[None])
-            self.dice_sum[:, t, :] += dice.sum(axis=1).T  # (A, N, K) -> (K, A)
-        self.count += len(probabilities)
+def _kept(area: np.ndarray, keep: np.ndarray, weight: np.ndarray, min_area: np.ndarray) -> np.ndarray:
+    """Whether each mask survives: gated through, not empty, weighted area at least the min area.
+    Broadcasts; area, keep and weight share a shape, min_area broadcasts against it."""
+    return keep & (area > 0) & (weight * area >= min_area)
 
-    def mean_dice(self) -> np.ndarray:
-        """(K, T, A) mean Dice per class and grid point."""
-        return self.dice_sum / max(self.count, 1)
 
-    def best(self) -> tuple[list[ClassRule], np.ndarray]:
-        """The best rule per class (ties: lowest threshold, then lowest min area) and its mean Dice."""
-        scores = self.mean_dice()
-        rules, best_dice = [], []
-        for k in range(scores.shape[0]):
-            t, a = np.unravel_index(np.argmax(scores[k]), scores[k].shape)
-            rules.append(ClassRule(float(self.thresholds[t]), int(self.min_areas[a])))
-            best_dice.append(scores[k, t, a])
-        return rules, np.asarray(best_dice)
+def rule_scores(candidates: Candidates, min_areas_px: Sequence[int], gate: Gate | None = None) -> np.ndarray:
+    """(K, T, A) mean Dice over the images of every rule of the grid (thresholds x sorted min areas), with
+    the masks the gate wipes counted as empty predictions."""
+    n, num_classes, n_thresholds = candidates.pred_area.shape
+    gate = gate or Gate.open(n, num_classes)
+    min_areas = np.sort(np.asarray(min_areas_px, dtype=np.float64))
+    scores = np.ones((num_classes, n_thresholds, len(min_areas)))
+    if n == 0:
+        return scores
+    for k in range(num_classes):
+        area = candidates.pred_area[:, k, :].astype(np.float64)  # (N, T)
+        inter = candidates.intersection[:, k, :].astype(np.float64)
+        keep, weight = gate.keep[None, :, k, None], gate.weight[None, :, k, None]
+        kept = _kept(area[None], keep, weight, min_areas[:, None, None])  # (A, N, T)
+        truth = candidates.truth_area[None, :, k, None]
+        dice = dice_from_counts(kept * area[None], truth, kept * inter[None])
+        scores[k] = dice.mean(axis=1).T
+    return scores
+
+
+def search_rules(
+    candidates: Candidates, min_areas_px: Sequence[int], gate: Gate | None = None
+) -> tuple[list[ClassRule], np.ndarray]:
+    """Per class, the (threshold, min area) of the grid maximising the mean Dice over the images, with
+    the masks the gate wipes counted as empty predictions. Ties: lowest threshold, then lowest min area.
+    Returns the rules and each class's best mean Dice."""
+    scores = rule_scores(candidates, min_areas_px, gate)
+    min_areas = np.sort(np.asarray(min_areas_px, dtype=np.float64))
+    rules, best_dice = [], []
+    for k in range(scores.shape[0]):
+        t, a = np.unravel_index(np.argmax(scores[k]), scores[k].shape)  # first maximum: lowest t, then a
+        rules.append(ClassRule(float(candidates.thresholds[t]), int(min_areas[a])))
+        best_dice.append(scores[k, t, a])
+    return rules, np.asarray(best_dice)
+
+
+def threshold_index(thresholds: np.ndarray, threshold: float) -> int:
+    """Position of a rule's threshold in the candidate grid (the grid's values, as written to CSV)."""
+    index = int(np.argmin(np.abs(np.asarray(thresholds) - threshold)))
+    if not np.isclose(thresholds[index], threshold, rtol=0, atol=1e-9):
+        raise ValueError(f"threshold {threshold} is not in the candidate grid {list(thresholds)}")
+    return index
+
+
+def pair_dice(candidates: Candidates, rules: Sequence[ClassRule], gate: Gate | None = None) -> np.ndarray:
+    """(N, K) Dice of every (image, class) pair under the rules and the gate."""
+    n, num_classes, _ = candidates.pred_area.shape
+    gate = gate or Gate.open(n, num_classes)
+    columns = [threshold_index(candidates.thresholds, rule.threshold) for rule in rules]
+    area = candidates.pred_area[:, np.arange(num_classes), columns].astype(np.float64)  # (N, K)
+    inter = candidates.intersection[:, np.arange(num_classes), columns].astype(np.float64)
+    min_area = np.asarray([rule.min_area_px for rule in rules], dtype=np.float64)[None, :]
+    kept = _kept(area, gate.keep, gate.weight, min_area)
+    return dice_from_counts(kept * area, candidates.truth_area, kept * inter)
+
+
+def select_masks(
+    areas: np.ndarray, thresholds: np.ndarray, rules: Sequence[ClassRule], gate: Gate
+) -> np.ndarray:
+    """(N, K) bool: which candidate masks a submission keeps. `areas` (N, K, T) are the candidates' areas
+    of N images; the kept mask of pair (n, k) is its candidate at rules[k].threshold."""
+    num_classes = areas.shape[1]
+    columns = [threshold_index(thresholds, rule.threshold) for rule in rules]
+    area = areas[:, np.arange(num_classes), columns].astype(np.float64)
+    min_area = np.asarray([rule.min_area_px for rule in rules], dtype=np.float64)[None, :]
+    return _kept(area, gate.keep, gate.weight, min_area)
 
 
 def gate(all_missing: np.ndarray, threshold: float) -> np.ndarray:
-    """True for images whose masks are wiped: allMissing at or above the threshold."""
+    """True for images whose masks are wiped by image gating: allMissing at or above the threshold."""
     return np.asarray(all_missing, dtype=np.float64) >= threshold

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.core.dataset import (
+    Labels,
     check_duplicates,
     class_ids_of,
     image_size,
@@ -24,8 +25,20 @@ def score_files(
     num_classes: int | None = None,
 ) -> DiceReport:
     submission = parse_labels(read_csv(submission_path), str(submission_path))
+    return score_labels(submission, str(submission_path), truth_path, images, default_size, num_classes)
+
+
+def score_labels(
+    submission: Labels,
+    submission_name: str,
+    truth_path: Path,
+    images: Path | None = None,
+    default_size: tuple[int, int] = (256, 1600),
+    num_classes: int | None = None,
+) -> DiceReport:
+    """score_files() for a submission already parsed (e.g. built in memory)."""
     truth = parse_labels(read_csv(truth_path), str(truth_path))
-    check_duplicates(submission, str(submission_path))
+    check_duplicates(submission, submission_name)
     check_duplicates(truth, str(truth_path))
     highest = max(class_ids_of(truth), default=0)
     if num_classes is None:
@@ -47,6 +60,6 @@ def score_files(
     else:
         n_pixels = dict.fromkeys(graded, default_size[0] * default_size[1])
     pairs = grade(
-        submission.pairs, truth.pairs, num_classes, n_pixels, str(submission_path), str(truth_path), graded
+        submission.pairs, truth.pairs, num_classes, n_pixels, submission_name, str(truth_path), graded
     )
     return summarize(pairs)

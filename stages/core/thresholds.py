@@ -152,3 +152,46 @@ def curves(all_missing: np.ndarray, has_defect: np.ndarray) -> dict[str, object]
         "roc": (fpr, tpr),
         "pr": (precision, recall),
     }
+
+
+def class_gating_dice(presence: np.ndarray, present: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Dice of one class's (image, class) pairs that gating this class alone gives at each threshold.
+
+    A pair whose presence probability is below the threshold is wiped: it scores 1 where the class is
+    absent, 0 where it is present; a kept pair is counted as perfectly segmented (1).
+    """
+    order = np.argsort(presence, kind="stable")
+    scores, lost = np.asarray(presence, np.float64)[order], np.asarray(present, bool)[order]
+    if len(scores) == 0:
+        return np.ones(len(thresholds))
+    wiped = np.searchsorted(scores, thresholds, side="left")  # pairs with presence < threshold
+    lost_before = np.concatenate([[0], np.cumsum(lost)])
+    return 1.0 - lost_before[wiped] / len(scores)
+
+
+def choose_class_threshold(thresholds: np.ndarray, values: np.ndarray) -> int:
+    """The highest threshold with the best value. Wiping more pairs can only lose present ones, so the
+    best values form the low end of the thresholds; like the image objective `dice`, the kept pairs count
+    as perfectly segmented and cannot show the false positives that wiping absent pairs removes, so the
+    threshold that wipes the most of them is taken."""
+    return int(np.flatnonzero(values == values.max())[-1])
+
+
+def class_threshold_report(presence: np.ndarray, present: np.ndarray) -> dict[str, float | int]:
+    """The chosen per-class threshold and what it does on these pairs."""
+    presence, present = np.asarray(presence, np.float64), np.asarray(present, bool)
+    thresholds = candidate_thresholds(presence)
+    values = class_gating_dice(presence, present, thresholds)
+    best = choose_class_threshold(thresholds, values)
+    kept = presence >= thresholds[best]
+    both = 0 < present.sum() < len(present)
+    return {
+        "threshold": float(thresholds[best]),
+        "gating_dice": float(values[best]),
+        "all_empty_dice": float(1.0 - present.mean()) if len(present) else 1.0,
+        "auc": float(roc_auc_score(present, presence)) if both else float("nan"),
+        "present": int(present.sum()),
+        "present_kept": int((kept & present).sum()),
+        "absent_wiped": int((~kept & ~present).sum()),
+        "absent_kept": int((kept & ~present).sum()),
+    }

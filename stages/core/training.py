@@ -12,14 +12,15 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from dvclive import Live
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 from tqdm import tqdm
 
 from stages.core.device import Runtime
@@ -49,6 +50,10 @@ class TrainParams:
     device: str = "auto"  # auto: CUDA when present, else CPU
     mixed_precision: bool = True  # float16 autocast, CUDA only
     num_workers: int = 0
+    # Training images drawn per epoch (reshuffled passes, so an image may be seen several times per epoch);
+    # null: one pass over the training images. The training budget is max_epochs x this, in images seen,
+    # so that a small dataset still gets enough optimisation steps.
+    images_per_epoch: int | None = None
     augment: AugmentParams = field(default_factory=AugmentParams)
 
     def validate(self, section: str) -> None:
@@ -70,6 +75,13 @@ class TrainParams:
         require(self.weight_decay >= 0, f"{section}.weight_decay", "must be >= 0", self.weight_decay)
         require(self.folds >= 1, f"{section}.folds", "must be at least 1", self.folds)
         require(self.num_workers >= 0, f"{section}.num_workers", "must be >= 0", self.num_workers)
+        if self.images_per_epoch is not None:
+            require(
+                self.images_per_epoch >= 1,
+                f"{section}.images_per_epoch",
+                "must be at least 1 (or null: one pass)",
+                self.images_per_epoch,
+            )
         self.augment.validate(f"{section}.augment")
 
     def check_folds(self, section: str, n_folds: int) -> None:
@@ -89,14 +101,48 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def class_balance_weights(table: pd.DataFrame, num_classes: int, balance: float) -> np.ndarray:
+    """Sampling weight per row (summing to 1) that draws the defect classes, and clean images as one more
+    class, with probability proportional to count**(1 - balance): balance 0 draws images uniformly (each
+    class as often as it occurs), 1 draws every class equally often, however rare. An image is drawn
+    through any class it has, so multi-class images count for each of their classes."""
+    present = np.stack(
+        [table[f"rle_{k}"].ne("").to_numpy() for k in range(1, num_classes + 1)]
+        + [~table["has_defect"].astype(bool).to_numpy()],
+        axis=1,
+    )  # (N, K + 1): classes 1..K, then "clean"
+    counts = present.sum(axis=0).astype(np.float64)
+    share = np.where(counts > 0, counts ** (1.0 - balance), 0.0)
+    per_image_of_class = np.divide(share / share.sum(), counts, out=np.zeros_like(counts), where=counts > 0)
+    weights = present @ per_image_of_class
+    return weights / weights.sum()
+
+
 def make_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False, seed: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    samples: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> DataLoader:
+    """A loader in dataset order, or shuffled; `samples` (with shuffle) draws that many items per pass
+    over the loader, as consecutive random permutations of the dataset (no item twice before all once);
+    `weights` (with shuffle) draws `samples` items (default: the dataset's size) with replacement, item i
+    with probability weights[i]."""
     generator = torch.Generator().manual_seed(seed)
+    sampler: Sampler | None = None
+    if shuffle and weights is not None:
+        draws = samples if samples is not None else len(dataset)
+        sampler = WeightedRandomSampler(weights.tolist(), draws, replacement=True, generator=generator)
+    elif shuffle and samples is not None:
+        sampler = RandomSampler(dataset, replacement=False, num_samples=samples, generator=generator)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         num_workers=num_workers,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
@@ -218,3 +264,96 @@ def epoch_logger(live: Live, name: str, fold: int) -> Callable[[int, dict[str, f
             live.log_metric(f"fold_{fold}/{key}", value, plot=key != "best")
 
     return log_epoch
+
+
+@dataclass
+class FoldModel:
+    """One trained fold model: the weights of its best epoch, the fold it held out, the folds it saw."""
+
+    model: nn.Module
+    fold: int  # the validation (held-out) fold
+    train_folds: list[int]
+    result: FitResult
+
+    def checkpoint_extra(self, params: TrainParams) -> dict[str, Any]:
+        """What a checkpoint records beside the weights, so it can be traced without params.yaml."""
+        return {
+            "fold": self.fold,
+            "val_fold": self.fold,
+            "train_folds": self.train_folds,
+            "best_epoch": self.result.best_epoch,
+            "val_metrics": self.result.best_metrics,
+            "params": asdict(params),
+        }
+
+    def metrics(self, names: tuple[str, ...]) -> dict[str, float]:
+        """The fold's line in the stage's metrics: `names` are keys of the evaluate() callback."""
+        result = self.result
+        return {
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            **{f"val_{name}": result.best_metrics[name] for name in names},
+            "train_images_per_s": round(result.images_per_second, 2),
+        }
+
+
+def _all_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """What a model stage trains on each fold; train_folds() is the loop both model stages share."""
+
+    name: str  # log lines and dvclive keys: "<name> fold <k>"
+    build_model: Callable[[], nn.Module]  # a fresh model (smp's freeze_encoder() available)
+    train_set: Callable[[pd.DataFrame, int], Dataset]  # (training rows, seed) -> augmented dataset
+    val_set: Callable[[pd.DataFrame], Dataset]  # validation rows -> dataset, no augmentation
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    evaluate: Evaluate
+    select_train_rows: Callable[[pd.DataFrame], pd.DataFrame] = _all_rows  # e.g. defective images only
+    # Sampling weights of the training rows (e.g. class_balance_weights); None: uniform.
+    sample_weights: Callable[[pd.DataFrame], np.ndarray] | None = None
+
+
+def train_folds(
+    task: FoldTask, params: TrainParams, table: pd.DataFrame, runtime: Runtime, live: Live
+) -> list[FoldModel]:
+    """One model per fold k < params.folds: trained on the other folds' rows (as `task` selects them),
+    early-stopped on fold k, returned with its best epoch's weights loaded."""
+    fold_models = []
+    for fold in range(params.folds):
+        seed = params.seed + fold
+        seed_everything(seed)
+        fit_rows = task.select_train_rows(table[table["fold"] != fold])
+        val_rows = table[table["fold"] == fold]
+        train_loader = make_loader(
+            task.train_set(fit_rows, seed),
+            params.batch_size,
+            params.num_workers,
+            shuffle=True,
+            seed=seed,
+            samples=params.images_per_epoch,
+            weights=task.sample_weights(fit_rows) if task.sample_weights is not None else None,
+        )
+        val_loader = make_loader(task.val_set(val_rows), params.batch_size, params.num_workers)
+        model = task.build_model()
+        if params.freeze_encoder:
+            model.freeze_encoder()
+        model = runtime.model(model)
+        name = f"{task.name} fold {fold}"
+        result = fit(
+            model,
+            train_loader,
+            val_loader,
+            task.loss_fn,
+            task.evaluate,
+            params,
+            runtime,
+            epoch_logger(live, name, fold),
+            name,
+        )
+        model.load_state_dict(result.best_state)
+        train_folds_seen = sorted(int(f) for f in fit_rows["fold"].unique())
+        fold_models.append(FoldModel(model, fold, train_folds_seen, result))
+    return fold_models
