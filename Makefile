@@ -47,7 +47,9 @@ real: $(STAMP)
 	  -S classifier.folds=5 -S classifier.max_epochs=20 -S classifier.patience=4 \
 	  -S classifier.num_workers=4 \
 	  -S segment.backbone=resnet34 -S segment.input_height=256 -S segment.input_width=1600 \
+	  -S segment.crop_height=256 -S segment.crop_width=512 -S segment.images_per_epoch=null \
 	  -S segment.encoder_weights=imagenet -S segment.folds=5 -S segment.max_epochs=30 -S segment.patience=5 \
 	  -S segment.batch_size=8 -S segment.num_workers=4 -S segment.train_images=all \
 	  -S 'segment.decoder_channels=[256,128,64,32,16]' \
-	  -S 'segment.min_areas_px=[0,600,1000,2000,3000,4000]'
+	  -S 'segment.min_areas_px=[0,600,1000,2000,3000,4000]' \
+	  -S 'postprocess.min_areas_px=[0,600,1000,2000,3000,4000]'

@@ -8,7 +8,9 @@ Gating modes (`postprocess.gating`):
          classifier's presence probability of that class (1 - allMissing for a binary classifier).
 For each mode the per-class rules (probability threshold, min area) are searched again on the holdout
 candidates with the gate applied, so the search sees what the gate really lets through (clean images it
-keeps included). The chosen mode's submission is validated and written to data/submission.csv;
+keeps included); with `tune_thresholds` (the default) the gate's own thresholds (image, or per class)
+are searched together with the rules, so that a defective image wiped is weighed against the false
+positives of the clean images kept. The chosen mode's submission is validated and written to data/submission.csv;
 data/eval.json (DVC metrics) holds, for every mode the classifier supports, the Dice on the holdout
 images and, where the dataset ships test ground truth (test_truth.csv, as the synthetic one does), on
 the test images.
@@ -41,6 +43,8 @@ from stages.core.postprocess import (
     select_masks,
     supported_modes,
     threshold_index,
+    tune_class_thresholds,
+    tune_image_threshold,
 )
 from stages.core.prepared import Prepared, load_prepared
 from stages.core.scoring import score_files, score_labels
@@ -58,7 +62,10 @@ EVAL = Path("data/eval.json")
 @dataclass(frozen=True)
 class PostprocessParams:
     gating: Literal["none", "image", "class", "soft"] = "image"
-    threshold: float | None = None  # image gating: null takes the threshold stage's choice
+    threshold: float | None = None  # image gating: a number fixes the threshold
+    # Search the gate's thresholds (image, or per class) on the holdout together with the rules; false:
+    # take the threshold stage's (notebook 3's) choice.
+    tune_thresholds: bool = True
     min_areas_px: tuple[int, ...] = (0, 500, 1000, 2000, 4000)  # min-area grid of the gated rule search
 
     def validate(self, section: str) -> None:
@@ -166,11 +173,22 @@ def grade(submission: pd.DataFrame, name: str, truth: Path, prepared: Prepared) 
 
 @dataclass(frozen=True)
 class ModeResult:
+    image_threshold: float | None  # the gate's thresholds, where the mode has them
+    class_thresholds: list[float] | None
     rules: list[ClassRule]
     holdout_dice: np.ndarray  # (N_holdout, K)
     holdout_gate: Gate
     submission: pd.DataFrame  # in the sample submission's format
     test_gate: Gate
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Where the gate's thresholds come from: fixed ones (the threshold stage's, or postprocess.threshold
+    for image gating), or tuned on the holdout together with the rules."""
+
+    image: float | None  # None: tune
+    per_class: list[float] | None  # None: tune (class gating only)
 
 
 def run_mode(
@@ -181,17 +199,27 @@ def run_mode(
     holdout_scores: Scores,
     test: TestCandidates,
     test_scores: Scores,
-    image_threshold: float,
-    class_thresholds: list[float] | None,
+    fixed: GateThresholds,
 ) -> ModeResult:
-    """Gate, search the rules on the holdout under the gate, and build the test submission."""
+    """Gate, search the rules on the holdout under the gate (and the gate's thresholds, unless fixed),
+    and build the test submission."""
     k = prepared.num_classes
+    image_threshold, class_thresholds = None, None
+    if mode == "image" and fixed.image is None:
+        image_threshold, _, _ = tune_image_threshold(holdout, params.min_areas_px, holdout_scores.all_missing)
+    elif mode == "image":
+        image_threshold = fixed.image
+    if mode == "class" and fixed.per_class is None:
+        assert holdout_scores.presence is not None
+        class_thresholds, _, _ = tune_class_thresholds(holdout, params.min_areas_px, holdout_scores.presence)
+    elif mode == "class":
+        class_thresholds = fixed.per_class
     holdout_gate = gate_for(
-        mode, holdout_scores.all_missing, holdout_scores.presence, k, image_threshold, class_thresholds
+        mode, holdout_scores.all_missing, holdout_scores.presence, k, image_threshold or 0.0, class_thresholds
     )
     rules, _ = search_rules(holdout, params.min_areas_px, holdout_gate)
     test_gate = gate_for(
-        mode, test_scores.all_missing, test_scores.presence, k, image_threshold, class_thresholds
+        mode, test_scores.all_missing, test_scores.presence, k, image_threshold or 0.0, class_thresholds
     )
     keep = select_masks(test.areas, holdout.thresholds, rules, test_gate)
     columns = [threshold_index(holdout.thresholds, rule.threshold) for rule in rules]
@@ -203,7 +231,15 @@ def run_mode(
         columns=["ImageId", *(f"rle_{c}" for c in range(1, k + 1))],
     )
     submission = submission_frame(predictions, prepared.sample_submission(), k)
-    return ModeResult(rules, pair_dice(holdout, rules, holdout_gate), holdout_gate, submission, test_gate)
+    return ModeResult(
+        image_threshold,
+        class_thresholds,
+        rules,
+        pair_dice(holdout, rules, holdout_gate),
+        holdout_gate,
+        submission,
+        test_gate,
+    )
 
 
 def main() -> None:
@@ -214,9 +250,14 @@ def main() -> None:
         chosen = json.loads(THRESHOLD.read_text())
     except FileNotFoundError:
         raise PipelineError(f"{THRESHOLD}: not found; run `dvc repro threshold` first") from None
-    image_threshold = chosen["threshold"] if params.threshold is None else params.threshold
     per_class = chosen.get("per_class")
-    class_thresholds = [per_class[str(c)]["threshold"] for c in range(1, k + 1)] if per_class else None
+    stage_class_thresholds = [per_class[str(c)]["threshold"] for c in range(1, k + 1)] if per_class else None
+    if params.threshold is not None:  # an explicit number always wins
+        fixed = GateThresholds(params.threshold, None if params.tune_thresholds else stage_class_thresholds)
+    elif params.tune_thresholds:
+        fixed = GateThresholds(None, None)
+    else:
+        fixed = GateThresholds(chosen["threshold"], stage_class_thresholds)
 
     sample = prepared.sample_submission()
     sizes = {row.ImageId: (int(row.height), int(row.width)) for row in prepared.test.itertuples()}
@@ -231,7 +272,7 @@ def main() -> None:
     test = test_candidates(read_candidates(TEST_CANDIDATES), test_ids, holdout.thresholds, k)
 
     has_presence = holdout_scores.presence is not None and test_scores.presence is not None
-    modes = supported_modes(has_presence and class_thresholds is not None)
+    modes = supported_modes(has_presence and stage_class_thresholds is not None)
     if params.gating not in modes:
         raise PipelineError(
             f"params: postprocess.gating {params.gating!r} needs a presence probability and a threshold per "
@@ -246,8 +287,7 @@ def main() -> None:
             holdout_scores,
             test,
             test_scores,
-            image_threshold,
-            class_thresholds,
+            fixed,
         )
         for mode in GATING_MODES
         if mode in modes
@@ -264,16 +304,26 @@ def main() -> None:
             "holdout": report(outcome.holdout_dice),
             "rules": {str(c + 1): asdict(rule) for c, rule in enumerate(outcome.rules)},
         }
+        if outcome.image_threshold is not None:
+            entry["threshold"] = outcome.image_threshold
+        if outcome.class_thresholds is not None:
+            entry["class_thresholds"] = dict(
+                zip(map(str, range(1, k + 1)), outcome.class_thresholds, strict=True)
+            )
         if truth.is_file():
             entry["test"] = grade(outcome.submission, f"{mode}-gated submission", truth, prepared)
         gating_modes[mode] = entry
     oof = train_table.loc[list(holdout.image_ids), "out_of_fold"].astype(str).eq("True")
     evaluation: dict[str, object] = {
         "gating": params.gating,
-        "threshold": image_threshold,
-        "class_thresholds": {str(c + 1): t for c, t in enumerate(class_thresholds)}
-        if class_thresholds
-        else None,
+        "thresholds_from": "params"
+        if params.threshold is not None
+        else "tuned"
+        if params.tune_thresholds
+        else "stage",
+        "threshold": result.image_threshold,
+        "class_thresholds": gating_modes[params.gating].get("class_thresholds"),
+        "stage_threshold": chosen["threshold"],
         "rules": {str(c + 1): asdict(rule) for c, rule in enumerate(result.rules)},
         "test_images": len(test_ids),
         "test_pairs_wiped": int((~result.test_gate.keep).sum()),

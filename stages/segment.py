@@ -81,6 +81,9 @@ class SegmentParams(TrainParams):
     class_balance: float = 0.0
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    # BCE weight of defect pixels against background ones: > 1 keeps small, rare defects from being
+    # drowned by the background they sit in.
+    bce_pos_weight: float = 1.0
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)  # candidate masks, per class
     min_areas_px: tuple[int, ...] = (0, 500, 1000, 2000, 4000)  # in original-image pixels
     tta: Literal["none", "hflip", "hvflip"] = "hflip"
@@ -116,6 +119,7 @@ class SegmentParams(TrainParams):
             self.class_balance,
         )
         require(self.bce_weight >= 0, f"{section}.bce_weight", "must be >= 0", self.bce_weight)
+        require(self.bce_pos_weight > 0, f"{section}.bce_pos_weight", "must be > 0", self.bce_pos_weight)
         require(self.dice_weight >= 0, f"{section}.dice_weight", "must be >= 0", self.dice_weight)
         require(
             self.bce_weight + self.dice_weight > 0, f"{section}.dice_weight", "or bce_weight must be > 0", 0.0
@@ -153,12 +157,13 @@ class SegmentParams(TrainParams):
 
 
 class BCEDiceLoss(nn.Module):
-    """Weighted sum of smp's BCE and multilabel Dice losses on logits."""
+    """Weighted sum of smp's BCE and multilabel Dice losses on logits; `pos_weight` weighs the BCE of
+    defect pixels against background ones."""
 
-    def __init__(self, bce_weight: float, dice_weight: float) -> None:
+    def __init__(self, bce_weight: float, dice_weight: float, pos_weight: float = 1.0) -> None:
         super().__init__()
         self.bce, self.dice = (
-            smp.losses.SoftBCEWithLogitsLoss(),
+            smp.losses.SoftBCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight)),
             smp.losses.DiceLoss("multilabel", from_logits=True),
         )
         self.bce_weight, self.dice_weight = bce_weight, dice_weight
@@ -188,7 +193,7 @@ def evaluate_segmentation(
 
 def segment_task(params: SegmentParams, prepared: Prepared, runtime: Runtime) -> FoldTask:
     num_classes, folder = prepared.num_classes, prepared.train_images
-    loss_fn = BCEDiceLoss(params.bce_weight, params.dice_weight)
+    loss_fn = BCEDiceLoss(params.bce_weight, params.dice_weight, params.bce_pos_weight)
 
     def train_set(rows: pd.DataFrame, seed: int) -> ImageTable:
         augment = build_augmentations(params.augment, seed, params.crop)

@@ -177,3 +177,20 @@ def test_broken_raw_submission_is_rejected(dag_repo: Path) -> None:
         assert result.stderr.strip().startswith("error: data/submission_raw.csv: no row for image")
     finally:
         raw_path.write_text(original)
+
+
+def test_gate_threshold_is_tuned_or_the_threshold_stages(dag_repo: Path) -> None:
+    evaluation = json.loads((dag_repo / "data/eval.json").read_text())
+    stage = json.loads((dag_repo / "data/threshold.json").read_text())["threshold"]
+    assert evaluation["thresholds_from"] == "tuned" and evaluation["stage_threshold"] == stage
+    assert evaluation["gating_modes"]["image"]["threshold"] == evaluation["threshold"]
+    with params_overridden(dag_repo, {"postprocess": {"tune_thresholds": False}}):
+        output = run(dag_repo, "dvc", "repro").stdout
+        assert [stage for stage in STAGES if f"Running stage '{stage}'" in output] == ["postprocess"]
+        fixed = json.loads((dag_repo / "data/eval.json").read_text())
+        assert fixed["thresholds_from"] == "stage" and fixed["threshold"] == stage
+        scores = pd.read_csv(dag_repo / "data/test_missing_count.csv").set_index("ImageId")["allMissing"]
+        wiped = set(scores.index[scores >= stage])
+        gated = read_pairs(dag_repo / "data/submission.csv")
+        assert {key: rle for key, rle in gated.items()} == expected_pairs(dag_repo, fixed["rules"], wiped)
+    run(dag_repo, "dvc", "repro")

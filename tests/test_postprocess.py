@@ -19,11 +19,14 @@ from stages.core.postprocess import (
     candidate_counts,
     gate,
     gate_for,
+    gate_threshold_candidates,
     pair_dice,
     rule_scores,
     search_rules,
     select_masks,
     supported_modes,
+    tune_class_thresholds,
+    tune_image_threshold,
 )
 
 HEIGHT, WIDTH = 8, 12
@@ -286,3 +289,71 @@ def test_no_gating_and_unknown_modes() -> None:
         gate_for("sometimes", ALL_MISSING, None, 2, 0.5)
     assert supported_modes(False) == ("none", "image", "soft")
     assert supported_modes(True) == ("none", "image", "class", "soft")
+
+
+# ---------------------------------------------------------------------------------------------- tuned gates
+
+
+def counts_table(pred: list[list[int]], inter: list[list[int]], truth: list[list[int]]) -> Candidates:
+    """Candidates of one threshold (0.5) from per-image, per-class predicted, intersected and true areas."""
+    return Candidates(
+        tuple(f"img{n}" for n in range(len(pred))),
+        np.array([0.5]),
+        np.asarray(pred)[:, :, None],
+        np.asarray(inter)[:, :, None],
+        np.asarray(truth),
+    )
+
+
+# Six images, one class. Images 0-1: defects the U-Net finds; image 2: a tiny defect it misses; images
+# 3-5: clean, with large false positives. allMissing ranks image 2 (the missed defect) above the clean ones.
+TUNE = counts_table(
+    pred=[[100], [100], [0], [900], [900], [900]],
+    inter=[[90], [90], [0], [0], [0], [0]],
+    truth=[[100], [100], [10], [0], [0], [0]],
+)
+TUNE_ALL_MISSING = np.array([0.05, 0.1, 0.9, 0.6, 0.7, 0.8])
+
+
+def test_gate_threshold_candidates_realise_every_cut_and_are_capped() -> None:
+    cuts = gate_threshold_candidates(np.array([0.2, 0.2, 0.6, 0.9]))
+    np.testing.assert_allclose(cuts[:3], [0.0, 0.4, 0.75])
+    assert cuts[3] > 0.9 and len(cuts) == 4
+    many = gate_threshold_candidates(np.linspace(0, 1, 10_000), limit=50)
+    assert len(many) <= 50 and many[0] == 0.0 and many[-1] > 1.0
+
+
+def test_tuned_image_threshold_weighs_a_missed_defect_against_clean_false_positives() -> None:
+    threshold, rules, dice = tune_image_threshold(TUNE, (0,), TUNE_ALL_MISSING)
+    # Gating alone would keep every defective image (threshold above 0.9) and so the three clean false
+    # positives; wiping from 0.6 up loses image 2, which the U-Net misses anyway, and removes all three.
+    assert TUNE_ALL_MISSING[1] < threshold <= 0.6
+    expected = pair_dice(TUNE, rules, gate_for("image", TUNE_ALL_MISSING, None, 1, threshold))
+    assert dice[0] == pytest.approx(expected.mean()) == pytest.approx((2 * 180 / 200 + 3) / 6)
+    above = gate_for("image", TUNE_ALL_MISSING, None, 1, 0.95)
+    assert search_rules(TUNE, (0,), above)[1][0] < dice[0]
+
+
+def test_tuned_image_threshold_takes_the_middle_of_the_best_plateau() -> None:
+    # Every threshold between image 1 (0.1) and the lowest clean image (0.6) gives the best Dice.
+    threshold, _, _ = tune_image_threshold(TUNE, (0,), TUNE_ALL_MISSING)
+    cuts = gate_threshold_candidates(TUNE_ALL_MISSING)
+    best = [c for c in cuts if 0.1 < c <= 0.6]
+    assert threshold == best[len(best) // 2]
+
+
+def test_tuned_class_thresholds_are_searched_per_class() -> None:
+    two = Candidates(
+        TUNE.image_ids,
+        TUNE.thresholds,
+        np.concatenate([TUNE.pred_area, TUNE.pred_area[::-1]], axis=1),
+        np.concatenate([TUNE.intersection, TUNE.intersection[::-1]], axis=1),
+        np.concatenate([TUNE.truth_area, TUNE.truth_area[::-1]], axis=1),
+    )
+    presence = np.stack([1 - TUNE_ALL_MISSING, (1 - TUNE_ALL_MISSING)[::-1]], axis=1)
+    thresholds, rules, dice = tune_class_thresholds(two, (0,), presence)
+    assert len(thresholds) == len(rules) == 2
+    np.testing.assert_allclose(dice, dice[0])  # the second class is the first, mirrored
+    keep = presence >= np.asarray(thresholds)[None, :]
+    assert keep[:, 0].tolist() == [True, True, False, False, False, False]
+    assert keep[:, 1].tolist() == [False, False, False, False, True, True]

@@ -34,7 +34,7 @@ from stages.core.training import (
     make_scheduler,
     train_folds,
 )
-from stages.segment import SegmentParams
+from stages.segment import BCEDiceLoss, SegmentParams
 
 VALID: dict[str, Any] = {
     "backbone": "resnet18",
@@ -563,3 +563,19 @@ def test_weighted_loader_draws_by_weight() -> None:
     weights = np.array([0.0, 0.0, 1.0, 0.0])
     loader = make_loader(Indexed(4), 8, 0, shuffle=True, seed=0, samples=20, weights=weights)
     assert [int(i) for batch in loader for i in batch] == [2] * 20
+
+
+# --- the U-Net's loss ---------------------------------------------------------------------------------------
+
+
+def test_bce_pos_weight_weighs_defect_pixels() -> None:
+    logits = torch.zeros(1, 2, 4, 4)
+    masks = torch.zeros(1, 2, 4, 4)
+    masks[0, 0, :2] = 1.0  # class 1: 8 defect pixels of 16; class 2 absent (its Dice term is skipped)
+    plain = BCEDiceLoss(1.0, 0.0)(logits, masks)
+    weighted = BCEDiceLoss(1.0, 0.0, pos_weight=3.0)(logits, masks)
+    # At p = 0.5 every pixel costs log 2; the 8 defect pixels count 3 times: (8 * 3 + 24) / 32 = 1.5x.
+    assert plain == pytest.approx(math.log(2))
+    assert weighted == pytest.approx(1.5 * math.log(2))
+    dice_only = BCEDiceLoss(0.0, 1.0, pos_weight=3.0)(logits, masks)
+    assert dice_only == pytest.approx(BCEDiceLoss(0.0, 1.0)(logits, masks))  # the Dice term ignores it

@@ -213,6 +213,68 @@ def search_rules(
     return rules, np.asarray(best_dice)
 
 
+def gate_threshold_candidates(scores: np.ndarray, limit: int = 256) -> np.ndarray:
+    """Thresholds worth trying on these scores: 0, the midpoints between consecutive distinct scores and
+    one just above the highest (each realises a different cut); at most `limit` of them, spread evenly."""
+    values = np.unique(np.asarray(scores, dtype=np.float64))
+    if values.size == 0:
+        return np.array([0.0])
+    cuts = np.concatenate([[0.0], (values[:-1] + values[1:]) / 2, [np.nextafter(values[-1], np.inf)]])
+    if cuts.size > limit:
+        cuts = cuts[np.unique(np.linspace(0, cuts.size - 1, limit).round().astype(int))]
+    return cuts
+
+
+def _plateau_middle(values: np.ndarray) -> int:
+    """Index of the middle of the first run of maximal values: a margin on both sides of the chosen cut."""
+    best = np.flatnonzero(values >= values.max() - 1e-12)
+    breaks = np.flatnonzero(np.diff(best) > 1)
+    run = best[: breaks[0] + 1] if breaks.size else best
+    return int(run[len(run) // 2])
+
+
+def tune_image_threshold(
+    candidates: Candidates, min_areas_px: Sequence[int], all_missing: np.ndarray
+) -> tuple[float, list[ClassRule], np.ndarray]:
+    """The image-gating threshold searched together with the rules: for each candidate threshold the
+    rules under that gate, keeping the threshold whose rules give the best mean Dice (the middle of the
+    best plateau). Unlike a threshold chosen on gating alone, it weighs the defective images a threshold
+    wipes against the false positives of the clean images it keeps. Returns it, the rules and each
+    class's Dice."""
+    num_classes = candidates.num_classes
+    thresholds = gate_threshold_candidates(all_missing)
+    results = [
+        search_rules(candidates, min_areas_px, gate_for("image", all_missing, None, num_classes, threshold))
+        for threshold in thresholds
+    ]
+    best = _plateau_middle(np.array([dice.mean() for _, dice in results]))
+    return float(thresholds[best]), *results[best]
+
+
+def tune_class_thresholds(
+    candidates: Candidates, min_areas_px: Sequence[int], presence: np.ndarray
+) -> tuple[list[float], list[ClassRule], np.ndarray]:
+    """tune_image_threshold() for per-class gating: each class's presence threshold searched together with
+    that class's rule (the classes do not interact)."""
+    n, num_classes = presence.shape
+    thresholds, rules, dice = [], [], []
+    for k in range(num_classes):
+        cuts = gate_threshold_candidates(presence[:, k])
+        scores = []
+        for cut in cuts:
+            keep = np.ones((n, num_classes), bool)
+            keep[:, k] = presence[:, k] >= cut
+            class_rules, class_dice = search_rules(
+                candidates, min_areas_px, Gate(keep, np.ones((n, num_classes)))
+            )
+            scores.append((class_rules[k], class_dice[k]))
+        best = _plateau_middle(np.array([value for _, value in scores]))
+        thresholds.append(float(cuts[best]))
+        rules.append(scores[best][0])
+        dice.append(scores[best][1])
+    return thresholds, rules, np.asarray(dice)
+
+
 def threshold_index(thresholds: np.ndarray, threshold: float) -> int:
     """Position of a rule's threshold in the candidate grid (the grid's values, as written to CSV)."""
     index = int(np.argmin(np.abs(np.asarray(thresholds) - threshold)))
