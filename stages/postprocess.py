@@ -10,10 +10,10 @@ For each mode the per-class rules (probability threshold, min area) are searched
 candidates with the gate applied, so the search sees what the gate really lets through (clean images it
 keeps included); with `tune_thresholds` (the default) the gate's own thresholds (image, or per class)
 are searched together with the rules, so that a defective image wiped is weighed against the false
-positives of the clean images kept. The chosen mode's submission is validated and written to data/submission.csv;
-data/eval.json (DVC metrics) holds, for every mode the classifier supports, the Dice on the holdout
-images and, where the dataset ships test ground truth (test_truth.csv, as the synthetic one does), on
-the test images.
+positives of the clean images kept. The chosen mode's submission is validated and written to
+data/submission.csv; data/eval.json (DVC metrics) holds, for every mode the classifier supports,
+the Dice on the holdout images and, where the dataset ships test ground truth (test_truth.csv, as
+the synthetic one does), on the test images.
 """
 
 from __future__ import annotations

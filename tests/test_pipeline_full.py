@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from stages.core import rle
 from stages.core.dataset import parse_labels, read_csv
@@ -75,14 +76,15 @@ def test_candidates_and_the_raw_submission(dag_repo: Path) -> None:
     raw = read_pairs(dag_repo / "data/submission_raw.csv")
     assert {key: rle for key, rle in raw.items()} == expected_pairs(dag_repo, segment["rules"], set())
     candidates = read_candidates(dag_repo)
-    assert set(candidates["threshold"]) <= {0.3, 0.4, 0.5, 0.6, 0.7} and (candidates["area"] > 0).all()
+    grid = yaml.safe_load((dag_repo / "params.yaml").read_text())["segment"]["thresholds"]
+    assert set(candidates["threshold"]) <= set(grid) and (candidates["area"] > 0).all()
     for row in candidates.sample(min(len(candidates), 20), random_state=0).itertuples():
         assert rle.area(row.EncodedPixels) == row.area
     # A lower threshold's mask contains the higher one's: areas never grow with the threshold.
     areas = candidates.pivot_table(index=["ImageId", "ClassId"], columns="threshold", values="area").fillna(0)
     assert (areas.diff(axis=1).fillna(0) <= 0).all().all()
     holdout = pd.read_csv(dag_repo / "data/holdout_candidates.csv", dtype={"ImageId": str})
-    assert len(holdout) == segment["holdout_images"] * 4 * 5
+    assert len(holdout) == segment["holdout_images"] * 4 * len(grid)
     assert (holdout["intersection"] <= holdout[["pred_area", "truth_area"]].min(axis=1)).all()
 
 
@@ -90,8 +92,10 @@ def test_every_gating_mode_of_a_binary_classifier_is_evaluated(dag_repo: Path) -
     evaluation = json.loads((dag_repo / "data/eval.json").read_text())
     modes = evaluation["gating_modes"]
     assert list(modes) == ["none", "image", "soft"]  # per-class gating needs the multilabel head
-    for mode in modes.values():
-        assert set(mode) == {"holdout", "rules", "test"}
+    for name, mode in modes.items():
+        # The image gate carries its threshold, as used (tuned or not).
+        gate = {"threshold"} if name == "image" else set()
+        assert set(mode) == {"holdout", "rules", "test"} | gate
         for split in ("holdout", "test"):
             assert set(mode[split]["per_class"]) == {"1", "2", "3", "4"}
     # No gating with the segment stage's own grid: the rules and test Dice of the raw submission.
