@@ -52,4 +52,5 @@ real: $(STAMP)
 	  -S segment.batch_size=8 -S segment.num_workers=4 -S segment.train_images=all \
 	  -S 'segment.decoder_channels=[256,128,64,32,16]' \
 	  -S 'segment.min_areas_px=[0,600,1000,2000,3000,4000]' \
-	  -S 'postprocess.min_areas_px=[0,600,1000,2000,3000,4000]'
+	  -S 'postprocess.min_areas_px=[0,600,1000,2000,3000,4000]' \
+	  -S bundle.device=auto

@@ -57,6 +57,7 @@ THRESHOLD = Path("data/threshold.json")
 HOLDOUT_CANDIDATES = Path("data/holdout_candidates.csv")
 TEST_CANDIDATES = Path("data/test_candidates.csv")
 EVAL = Path("data/eval.json")
+RULES = Path("data/rules.json")
 
 
 @dataclass(frozen=True)
@@ -346,6 +347,14 @@ def main() -> None:
             "gated": gating_modes[params.gating]["test"],
         }
     write_json(evaluation, EVAL)
+    # What inference needs to reproduce the submission (the bundle, stages.predict): plain JSON.
+    rules = {
+        "gating": params.gating,
+        "image_threshold": result.image_threshold,
+        "class_thresholds": None if result.class_thresholds is None else list(result.class_thresholds),
+        "rules": {str(c + 1): asdict(rule) for c, rule in enumerate(result.rules)},
+    }
+    write_json(rules, RULES)
     holdout_report = evaluation["holdout"]
     line = (
         f"postprocess: {params.gating} gating wiped {evaluation['test_pairs_wiped']} of {len(test_ids) * k} "

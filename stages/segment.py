@@ -39,6 +39,7 @@ from stages.core.dataset import SubmissionWriter
 from stages.core.device import Runtime, inference, resolve_runtime
 from stages.core.images import CropSpec, ImageTable, build_augmentations, decode_masks, read_image
 from stages.core.inference import predict_probabilities
+from stages.core.inference_ops import class_mask
 from stages.core.io import atomic_path, write_csv, write_json
 from stages.core.metric import mask_dice
 from stages.core.models import UNET_DECODER_CHANNELS, build_unet, check_encoder, save_checkpoint
@@ -300,7 +301,7 @@ def predict_test(
             for k, rule in enumerate(rules):
                 chosen = ""
                 for t, threshold in enumerate(thresholds):
-                    mask = probabilities[k] >= threshold
+                    mask = class_mask(probabilities[k], threshold)
                     area = int(np.count_nonzero(mask))
                     if area == 0:
                         continue

@@ -1,7 +1,9 @@
-"""The whole DAG, run once per test session through `dvc repro` on a tiny synthetic dataset."""
+"""The whole DAG, run once per test session through `dvc repro` on a tiny synthetic dataset; and no network
+for the tests (connections to other machines fail at once)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,37 @@ def dag_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("dag"), DAG_PARAMS)
     run(repo, "dvc", "repro")
     return repo
+
+
+def _is_local(address: object) -> bool:
+    """Loopback and Unix sockets stay allowed (torch's gloo rendezvous uses them); nothing else."""
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = str(address[0]) if isinstance(address, tuple) and address else ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class NetworkBlocked(OSError):
+    """Raised by any connection the test suite tries to open to another machine."""
+
+
+_connect = socket.socket.connect
+_connect_ex = socket.socket.connect_ex
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    if not _is_local(address):
+        raise NetworkBlocked(f"the tests never use the network (tried {address!r})")
+    return _connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    if not _is_local(address):
+        raise NetworkBlocked(f"the tests never use the network (tried {address!r})")
+    return _connect_ex(self, address)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The whole session, in this process: every download attempt (smp's imagenet weights, say) fails fast.
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -337,3 +338,22 @@ def test_unreadable_checkpoints(tmp_path: Path) -> None:
     torch.save({"conv1.weight": torch.zeros(1)}, foreign)
     with pytest.raises(PipelineError, match="not a checkpoint of this project"):
         load_classifier(foreign)
+
+
+class _Payload:
+    """Stands for arbitrary pickled code: torch.load(weights_only=False) would build it."""
+
+
+def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
+    model = build_unet("resnet18", "none", num_classes=2).eval()
+    path = tmp_path / "unet.pt"
+    extra = {"fold": np.int64(1), "val_metrics": {"dice": np.float64(0.5)}, "train_folds": (2, 3)}
+    save_checkpoint(path, model, {"encoder": "resnet18", "num_classes": 2, "input_size": (32, 64)}, extra)
+    checkpoint = torch.load(path, weights_only=True)  # builtins and tensors only
+    assert checkpoint["fold"] == 1 and type(checkpoint["fold"]) is int
+    assert checkpoint["train_folds"] == [2, 3] and checkpoint["config"]["input_size"] == [32, 64]
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"config": {"encoder": "resnet18"}, "state_dict": {}, "payload": _Payload()}, hostile)
+    with pytest.raises(PipelineError) as error:
+        load_unet(hostile)
+    assert str(hostile) in one_line_error(error)

@@ -55,7 +55,7 @@ def test_fold_models_never_score_their_own_training_images(repo: Path) -> None:
     scores = pd.read_csv(repo / "data/train_missing_count.csv", dtype={"ImageId": str})
     assert list(scores.columns) == ["ImageId", "allMissing", "has_defect", "fold", "out_of_fold"]
     checkpoints = {
-        fold: torch.load(repo / f"models/classifier/fold_{fold}.pt", weights_only=False) for fold in (0, 1)
+        fold: torch.load(repo / f"models/classifier/fold_{fold}.pt", weights_only=True) for fold in (0, 1)
     }
     for fold, checkpoint in checkpoints.items():
         assert checkpoint["val_fold"] == fold and fold not in checkpoint["train_folds"]
@@ -94,7 +94,7 @@ def test_classifier_param_reruns_classifier_and_what_follows_it(repo: Path) -> N
     before = (repo / "data/train_missing_count.csv").read_text()
     set_params(repo, {"classifier": {**CLASSIFIER, "learning_rate": 0.0005}})
     output = run(repo, "dvc", "repro").stdout
-    for stage in ("classifier", "score_train", "threshold", "postprocess"):
+    for stage in ("classifier", "score_train", "threshold", "postprocess", "bundle"):
         assert f"Running stage '{stage}'" in output
     for stage in ("synthesize", "prepare", "segment"):
         assert f"Running stage '{stage}'" not in output
@@ -131,11 +131,20 @@ def test_class_gating_needs_the_multilabel_head(repo: Path) -> None:
 
 
 def test_multilabel_head_per_class_thresholds_and_class_gating(repo: Path) -> None:
-    stages = ("synthesize", "prepare", "classifier", "score_train", "threshold", "segment", "postprocess")
+    stages = (
+        "synthesize",
+        "prepare",
+        "classifier",
+        "score_train",
+        "threshold",
+        "segment",
+        "postprocess",
+        "bundle",
+    )
     with params_overridden(repo, {"classifier": {**CLASSIFIER, "head": "multilabel"}}):
         output = run(repo, "dvc", "repro").stdout
         reran = {stage for stage in stages if f"Running stage '{stage}'" in output}
-        assert reran == {"classifier", "score_train", "threshold", "postprocess"}  # not the U-Net
+        assert reran == {"classifier", "score_train", "threshold", "postprocess", "bundle"}  # not the U-Net
         presence = [f"p_{k}" for k in range(1, 5)]
         test_scores = pd.read_csv(repo / "data/test_missing_count.csv")
         assert list(test_scores.columns) == ["ImageId", "allMissing", *presence]
@@ -165,7 +174,10 @@ def test_multilabel_head_per_class_thresholds_and_class_gating(repo: Path) -> No
 
         with params_overridden(repo, {"postprocess": {"gating": "class"}}):
             output = run(repo, "dvc", "repro").stdout
-            assert {stage for stage in stages if f"Running stage '{stage}'" in output} == {"postprocess"}
+            assert {stage for stage in stages if f"Running stage '{stage}'" in output} == {
+                "postprocess",
+                "bundle",
+            }
             evaluation = json.loads((repo / "data/eval.json").read_text())
             assert evaluation["gating"] == "class"
             class_thresholds = evaluation["class_thresholds"]
@@ -179,4 +191,7 @@ def test_multilabel_head_per_class_thresholds_and_class_gating(repo: Path) -> No
                     assert encoded == ""
                     wiped += 1
             assert evaluation["test_pairs_wiped"] == wiped
+            # The Kaggle bundle gates per class alike: predict.py rewrites this submission.
+            bundle = json.loads((repo / "data/bundle_metrics.json").read_text())
+            assert bundle["gating"] == "class" and bundle["predict"]["matches_submission"] is True
     run(repo, "dvc", "repro")  # back to the session's params (outputs restored from DVC's run cache)

@@ -15,7 +15,25 @@ from stages.core import rle
 from stages.core.dataset import parse_labels, read_csv
 from tests.dvc_repo import params_overridden, run
 
-STAGES = ("synthesize", "prepare", "classifier", "score_train", "threshold", "segment", "postprocess")
+STAGES = (
+    "synthesize",
+    "prepare",
+    "classifier",
+    "score_train",
+    "threshold",
+    "segment",
+    "postprocess",
+    "bundle",
+)
+
+
+def updated(output: str) -> list[str]:
+    """Stages whose outputs `dvc repro` changed: run, or restored from DVC's run cache."""
+    return [
+        stage
+        for stage in STAGES
+        if f"Running stage '{stage}'" in output or f"Stage '{stage}' is cached" in output
+    ]
 
 
 def read_pairs(path: Path) -> pd.DataFrame:
@@ -138,7 +156,7 @@ def test_evaluation_metrics(dag_repo: Path) -> None:
 
 
 def test_checkpoint_carries_the_post_processing_rules(dag_repo: Path) -> None:
-    checkpoint = torch.load(dag_repo / "models/unet/fold_0.pt", weights_only=False)
+    checkpoint = torch.load(dag_repo / "models/unet/fold_0.pt", weights_only=True)
     segment = json.loads((dag_repo / "data/segment_metrics.json").read_text())
     assert checkpoint["config"] == {
         "encoder": "resnet18",
@@ -156,17 +174,19 @@ def test_holdout_plots(dag_repo: Path) -> None:
     assert len(plots) == 2
 
 
-def test_postprocess_param_reruns_only_postprocess(dag_repo: Path) -> None:
+def test_postprocess_param_reruns_only_postprocess_and_the_bundle(dag_repo: Path) -> None:
     with params_overridden(dag_repo, {"postprocess": {"threshold": 0.0}}):
         started = time.perf_counter()
         output = run(dag_repo, "dvc", "repro").stdout
         seconds = time.perf_counter() - started
-        assert "Running stage 'postprocess'" in output
-        for stage in STAGES[:-1]:
-            assert f"Running stage '{stage}'" not in output
+        # The bundle packs postprocess's gate and rules, so it follows.
+        assert updated(output) == [
+            "postprocess",
+            "bundle",
+        ]
         # Threshold 0 wipes every image: the submission is all empty.
         assert (read_pairs(dag_repo / "data/submission.csv") == "").all()
-    print(f"postprocess-only rerun: {seconds:.1f} s")
+    print(f"postprocess + bundle rerun: {seconds:.1f} s")
     run(dag_repo, "dvc", "repro")
 
 
@@ -190,7 +210,10 @@ def test_gate_threshold_is_tuned_or_the_threshold_stages(dag_repo: Path) -> None
     assert evaluation["gating_modes"]["image"]["threshold"] == evaluation["threshold"]
     with params_overridden(dag_repo, {"postprocess": {"tune_thresholds": False}}):
         output = run(dag_repo, "dvc", "repro").stdout
-        assert [stage for stage in STAGES if f"Running stage '{stage}'" in output] == ["postprocess"]
+        assert updated(output) == [
+            "postprocess",
+            "bundle",
+        ]
         fixed = json.loads((dag_repo / "data/eval.json").read_text())
         assert fixed["thresholds_from"] == "stage" and fixed["threshold"] == stage
         scores = pd.read_csv(dag_repo / "data/test_missing_count.csv").set_index("ImageId")["allMissing"]

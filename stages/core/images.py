@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+# albumentations asks PyPI for a newer version at import: a network call every stage would make (and wait
+# on, offline). The pipeline pins its version.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import cv2
@@ -14,30 +19,18 @@ from torch.utils.data import Dataset
 
 from stages.core import rle
 from stages.core.errors import PipelineError
+from stages.core.inference_ops import decode_flag, model_image, normalise
 from stages.core.models import IMAGENET_MEAN, IMAGENET_STD
-
-_REDUCED_JPEG = (
-    (8, cv2.IMREAD_REDUCED_COLOR_8),
-    (4, cv2.IMREAD_REDUCED_COLOR_4),
-    (2, cv2.IMREAD_REDUCED_COLOR_2),
-)
 
 
 def read_image(path: Path, original: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 image of `original` (height, width) on disk, resized to `size` (height, width)."""
-    flag = cv2.IMREAD_COLOR
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        # Decoding a JPEG at 1/2, 1/4 or 1/8 scale skips most of the work when the model input is small.
-        for factor, reduced in _REDUCED_JPEG:
-            if original[0] // factor >= size[0] and original[1] // factor >= size[1]:
-                flag = reduced
-                break
-    image = cv2.imread(str(path), flag)
+    """RGB uint8 image of `original` (height, width) on disk, resized to `size` (height, width); decoded
+    and resized as the Kaggle bundle's predict.py does (a JPEG at a reduced scale when the model input
+    is small enough)."""
+    image = cv2.imread(str(path), decode_flag(path.suffix, original, size))
     if image is None:
         raise PipelineError(f"{path}: unreadable image")
-    if image.shape[:2] != size:
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return model_image(image, size)
 
 
 def decode_masks(rles: list[str], original: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
@@ -114,10 +107,7 @@ def build_augmentations(params: AugmentParams, seed: int, crop: CropSpec | None 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """HWC uint8 RGB -> CHW float32 normalised with the ImageNet statistics the encoders expect."""
-    scaled = (image.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(
-        IMAGENET_STD, np.float32
-    )
-    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+    return torch.from_numpy(normalise(image, IMAGENET_MEAN, IMAGENET_STD))
 
 
 def classifier_targets(table: pd.DataFrame, outputs: int) -> np.ndarray:

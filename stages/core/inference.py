@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -13,6 +12,8 @@ from torch import nn
 
 from stages.core.device import Runtime, inference
 from stages.core.images import ImageTable
+from stages.core.inference_ops import classifier_probabilities as batch_probabilities
+from stages.core.inference_ops import flip_tta_probabilities, upsample
 from stages.core.training import make_loader
 
 
@@ -41,40 +42,13 @@ def classifier_probabilities(
     with inference(runtime):
         for images, indices in batches(table, folder, size, batch_size, num_workers):
             images = runtime.batch(images)
-            probabilities = torch.stack([torch.sigmoid(model(images).float()) for model in models]).mean(0)
+            probabilities = batch_probabilities(models, images)
             if result is None:
                 result = np.empty((len(table), probabilities.shape[1]), dtype=np.float64)
             result[indices] = probabilities.cpu().numpy()
     if result is None:  # an empty table: no batch told the column count
         result = np.empty((0, getattr(models[0], "outputs", 1)), dtype=np.float64)
     return result
-
-
-def flip_tta_probabilities(models: Sequence[nn.Module], images: torch.Tensor, tta: str) -> torch.Tensor:
-    """Sigmoid probabilities (N, K, h, w) averaged over the models and the flips of `tta`
-    (none | hflip | hvflip); each flipped prediction is flipped back before averaging."""
-    flips: list[tuple[int, ...]] = [()]
-    if tta in ("hflip", "hvflip"):
-        flips.append((-1,))
-    if tta == "hvflip":
-        flips.append((-2,))
-    total = None
-    for model in models:
-        for dims in flips:
-            flipped = images.flip(dims) if dims else images
-            probability = torch.sigmoid(model(flipped).float())
-            probability = probability.flip(dims) if dims else probability
-            total = probability if total is None else total + probability
-    assert total is not None
-    return total / (len(models) * len(flips))
-
-
-def upsample(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(K, h, w) float probabilities -> (K, H, W), bilinear."""
-    if probabilities.shape[1:] == size:
-        return probabilities
-    resized = cv2.resize(probabilities.transpose(1, 2, 0), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return resized.reshape(size[0], size[1], -1).transpose(2, 0, 1)
 
 
 def predict_probabilities(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.base import ClassificationHead, SegmentationModel
@@ -140,16 +141,29 @@ def build_unet(
     return model
 
 
+def plain(value: Any) -> Any:
+    """Python builtins only (numpy scalars as int/float, tuples as lists), so that the checkpoint loads
+    with torch.load(weights_only=True), which unpickles nothing else."""
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def save_checkpoint(path: Path, model: nn.Module, config: dict[str, Any], extra: dict[str, Any]) -> None:
     """A checkpoint that rebuilds the model without params.yaml: `config` holds the factory arguments."""
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"config": config, "state_dict": state, **extra}, tmp)
+        torch.save({"config": plain(config), "state_dict": state, **plain(extra)}, tmp)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and Python builtins only, never arbitrary pickled code.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"{path}: checkpoint not found") from None
     except Exception as error:  # a truncated or foreign file

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+# Shared with the Kaggle bundle's predict.py, so that both gate alike.
+from stages.core.inference_ops import GATING_MODES, Gate, gate_for, kept_masks, submitted_masks
 from stages.core.metric import dice_from_counts
-
-GATING_MODES = ("none", "image", "class", "soft")
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,19 @@ class ClassRule:
 def apply_rules(probabilities: np.ndarray, rules: Sequence[ClassRule], area_scale: float = 1.0) -> np.ndarray:
     """(K, H, W) probabilities -> (K, H, W) uint8 masks. `area_scale` converts a pixel of these
     probabilities into original-image pixels (1 when they are at the original size)."""
-    masks = np.zeros(probabilities.shape, dtype=np.uint8)
-    for k, rule in enumerate(rules):
-        # Compared in float64, as the candidate counts are: a Python float threshold would be rounded to
-        # the probabilities' float32 and count pixels the search did not (e.g. float32(0.7) >= 0.7).
-        mask = probabilities[k] >= np.float64(rule.threshold)
-        area = int(mask.sum())
-        # A non-empty mask survives min area 0 whatever the scale (an empty one has nothing to keep).
-        if area > 0 and area * area_scale >= rule.min_area_px:
-            masks[k] = mask
-    return masks
+    num_classes = probabilities.shape[0]
+    masks = submitted_masks(
+        probabilities,
+        [rule.threshold for rule in rules],
+        [rule.min_area_px for rule in rules],
+        np.ones(num_classes, bool),
+        np.full(num_classes, area_scale, dtype=np.float64),
+    )
+    result = np.zeros(probabilities.shape, dtype=np.uint8)
+    for k, mask in enumerate(masks):
+        if mask is not None:
+            result[k] = mask
+    return result
 
 
 def candidate_counts(
@@ -118,63 +121,9 @@ class Candidates:
         return cls(image_ids, thresholds, pred_area, intersection, truth_area)
 
 
-@dataclass(frozen=True)
-class Gate:
-    """What the classifier lets through, per (image, class): `keep` (N, K) bool; `weight` (N, K): a kept
-    mask survives min area a when weight * area >= a."""
-
-    keep: np.ndarray
-    weight: np.ndarray
-
-    @classmethod
-    def open(cls, n_images: int, num_classes: int) -> Gate:
-        return cls(np.ones((n_images, num_classes), bool), np.ones((n_images, num_classes)))
-
-
 def supported_modes(has_class_probabilities: bool) -> tuple[str, ...]:
     """Gating modes a classifier supports: per-class gating needs a presence probability per class."""
     return GATING_MODES if has_class_probabilities else ("none", "image", "soft")
-
-
-def gate_for(
-    mode: str,
-    all_missing: np.ndarray,
-    presence: np.ndarray | None,
-    num_classes: int,
-    image_threshold: float,
-    class_thresholds: Sequence[float] | None = None,
-) -> Gate:
-    """The gate of one mode for N images.
-
-    none: every mask goes through. image: every mask of an image with allMissing >= image_threshold is
-    wiped. class: the mask of class k is wiped where presence[:, k] < class_thresholds[k]. soft: nothing
-    is wiped outright, the weight is presence[:, k] (1 - allMissing for a binary classifier).
-    """
-    all_missing = np.asarray(all_missing, dtype=np.float64)
-    n = len(all_missing)
-    if mode == "none":
-        return Gate.open(n, num_classes)
-    if mode == "image":
-        keep = np.repeat((all_missing < image_threshold)[:, None], num_classes, axis=1)
-        return Gate(keep, np.ones((n, num_classes)))
-    if mode == "class":
-        if presence is None or class_thresholds is None:
-            raise ValueError("class gating needs a presence probability and a threshold per class")
-        keep = np.asarray(presence, np.float64) >= np.asarray(class_thresholds, np.float64)[None, :]
-        return Gate(keep, np.ones((n, num_classes)))
-    if mode == "soft":
-        if presence is None:
-            weight = np.repeat((1.0 - all_missing)[:, None], num_classes, axis=1)
-        else:
-            weight = np.asarray(presence, dtype=np.float64)
-        return Gate(np.ones((n, num_classes), bool), weight)
-    raise ValueError(f"unknown gating mode {mode!r}; choose from {', '.join(GATING_MODES)}")
-
-
-def _kept(area: np.ndarray, keep: np.ndarray, weight: np.ndarray, min_area: np.ndarray) -> np.ndarray:
-    """Whether each mask survives: gated through, not empty, weighted area at least the min area.
-    Broadcasts; area, keep and weight share a shape, min_area broadcasts against it."""
-    return keep & (area > 0) & (weight * area >= min_area)
 
 
 def rule_scores(candidates: Candidates, min_areas_px: Sequence[int], gate: Gate | None = None) -> np.ndarray:
@@ -190,7 +139,7 @@ def rule_scores(candidates: Candidates, min_areas_px: Sequence[int], gate: Gate 
         area = candidates.pred_area[:, k, :].astype(np.float64)  # (N, T)
         inter = candidates.intersection[:, k, :].astype(np.float64)
         keep, weight = gate.keep[None, :, k, None], gate.weight[None, :, k, None]
-        kept = _kept(area[None], keep, weight, min_areas[:, None, None])  # (A, N, T)
+        kept = kept_masks(area[None], keep, weight, min_areas[:, None, None])  # (A, N, T)
         truth = candidates.truth_area[None, :, k, None]
         dice = dice_from_counts(kept * area[None], truth, kept * inter[None])
         scores[k] = dice.mean(axis=1).T
@@ -291,7 +240,7 @@ def pair_dice(candidates: Candidates, rules: Sequence[ClassRule], gate: Gate | N
     area = candidates.pred_area[:, np.arange(num_classes), columns].astype(np.float64)  # (N, K)
     inter = candidates.intersection[:, np.arange(num_classes), columns].astype(np.float64)
     min_area = np.asarray([rule.min_area_px for rule in rules], dtype=np.float64)[None, :]
-    kept = _kept(area, gate.keep, gate.weight, min_area)
+    kept = kept_masks(area, gate.keep, gate.weight, min_area)
     return dice_from_counts(kept * area, candidates.truth_area, kept * inter)
 
 
@@ -304,7 +253,7 @@ def select_masks(
     columns = [threshold_index(thresholds, rule.threshold) for rule in rules]
     area = areas[:, np.arange(num_classes), columns].astype(np.float64)
     min_area = np.asarray([rule.min_area_px for rule in rules], dtype=np.float64)[None, :]
-    return _kept(area, gate.keep, gate.weight, min_area)
+    return kept_masks(area, gate.keep, gate.weight, min_area)
 
 
 def gate(all_missing: np.ndarray, threshold: float) -> np.ndarray:
