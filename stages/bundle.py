@@ -35,7 +35,7 @@ from stages.core.errors import PipelineError
 from stages.core.io import atomic_path, write_json
 from stages.core.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier, load_unet
 from stages.core.params import load_section, require
-from stages.core.prepared import load_prepared
+from stages.core.prepared import Prepared, load_prepared
 
 CLASSIFIER_DIR = Path("models/classifier")
 UNET_DIR = Path("models/unet")
@@ -291,10 +291,9 @@ def differing_pairs(a: Path, b: Path) -> int:
     return int((first != second).sum())
 
 
-def verify(folder: Path, params: BundleParams) -> dict[str, Any]:
+def verify(folder: Path, params: BundleParams, prepared: Prepared) -> dict[str, Any]:
     """Run the bundle's predict.py as a Kaggle notebook would (a separate process, from another
     directory) on the test images; its timing and how its submission compares with data/submission.csv."""
-    prepared = load_prepared()
     with tempfile.TemporaryDirectory() as scratch:
         out, timing = Path(scratch) / "submission.csv", Path(scratch) / "timing.json"
         command = [
@@ -336,7 +335,7 @@ def main() -> None:
             "gating": config["gating"]["mode"],
         }
         if params.verify:
-            metrics["predict"] = verify(folder, params)
+            metrics["predict"] = verify(folder, params, prepared)
     write_json(metrics, METRICS_FILE)
     check = ""
     if params.verify:

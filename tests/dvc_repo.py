@@ -14,6 +14,16 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = (
+    "synthesize",
+    "prepare",
+    "classifier",
+    "score_train",
+    "threshold",
+    "segment",
+    "postprocess",
+    "bundle",
+)
 
 # A tiny synthetic dataset: small images, a few dozen of them.
 TINY_PARAMS: dict[str, dict[str, Any]] = {

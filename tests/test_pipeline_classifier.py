@@ -16,7 +16,7 @@ from stages.core.inference import classifier_probabilities
 from stages.core.models import load_classifier
 from stages.core.prepared import load_prepared
 from tests.conftest import DAG_PARAMS
-from tests.dvc_repo import params_overridden, run, set_params
+from tests.dvc_repo import STAGES, params_overridden, run, set_params
 
 CLASSIFIER = DAG_PARAMS["classifier"]
 
@@ -131,16 +131,7 @@ def test_class_gating_needs_the_multilabel_head(repo: Path) -> None:
 
 
 def test_multilabel_head_per_class_thresholds_and_class_gating(repo: Path) -> None:
-    stages = (
-        "synthesize",
-        "prepare",
-        "classifier",
-        "score_train",
-        "threshold",
-        "segment",
-        "postprocess",
-        "bundle",
-    )
+    stages = STAGES
     with params_overridden(repo, {"classifier": {**CLASSIFIER, "head": "multilabel"}}):
         output = run(repo, "dvc", "repro").stdout
         reran = {stage for stage in stages if f"Running stage '{stage}'" in output}

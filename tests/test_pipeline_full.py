@@ -13,18 +13,7 @@ import yaml
 
 from stages.core import rle
 from stages.core.dataset import parse_labels, read_csv
-from tests.dvc_repo import params_overridden, run
-
-STAGES = (
-    "synthesize",
-    "prepare",
-    "classifier",
-    "score_train",
-    "threshold",
-    "segment",
-    "postprocess",
-    "bundle",
-)
+from tests.dvc_repo import STAGES, params_overridden, run
 
 
 def updated(output: str) -> list[str]:

@@ -89,6 +89,8 @@ def class_mask(probability: np.ndarray, threshold: float) -> np.ndarray:
     return probability >= np.float64(threshold)
 
 
+# The pipeline's stages.core.rle.encode is the same codec; it stays there so that synthesize, prepare
+# and threshold do not depend on (and rerun for) this inference module. Tests check the two agree.
 def encode_rle(mask: np.ndarray) -> str:
     """A 2-D mask (non-zero = set) as the competition's RLE: pixels numbered from 1 top to bottom, then
     left to right, as "start length" pairs; "" for an empty mask."""

@@ -82,7 +82,9 @@ def read_sample(path: Path) -> tuple[list[str], list[str]]:
 
 
 def submission_rows(image_id: str, rles: Sequence[str], columns: Sequence[str]) -> list[list[object]]:
-    """One image's rows (classes 1..K in order) in the sample's column order."""
+    """One image's rows (classes 1..K in order) in the sample's column order. The pipeline's writer
+    (stages.core.dataset.submission_rows) cannot be imported here; the bundle test checks both write
+    the same bytes."""
     rows = []
     for class_id, text in enumerate(rles, start=1):
         values = {
@@ -193,13 +195,13 @@ class Predictor:
         self.mean, self.std = config["normalisation"]["mean"], config["normalisation"]["std"]
         self.classifier = load_models(folder, config["classifier"]["models"], device)
         self.unets = load_models(folder, config["segmentation"]["models"], device)
-        self.classifier_size = tuple(config["classifier"]["input_size"])
-        self.unet_size = tuple(config["segmentation"]["input_size"])
+        self.classifier_size: tuple[int, int] = tuple(config["classifier"]["input_size"])
+        self.unet_size: tuple[int, int] = tuple(config["segmentation"]["input_size"])
         self.thresholds = [float(rule["threshold"]) for rule in config["rules"]]
         self.min_areas = [int(rule["min_area_px"]) for rule in config["rules"]]
 
-    def batch(self, images: list[DecodedImage], size: tuple[int, ...]) -> torch.Tensor:
-        arrays = [normalise(image.at((size[0], size[1])), self.mean, self.std) for image in images]
+    def batch(self, images: list[DecodedImage], size: tuple[int, int]) -> torch.Tensor:
+        arrays = [normalise(image.at(size), self.mean, self.std) for image in images]
         return torch.from_numpy(np.stack(arrays)).to(self.device)
 
     def gate(self, scores: np.ndarray) -> Gate:
