@@ -32,7 +32,7 @@ import torch
 from stages.core import cli, inference_ops, kaggle_predict
 from stages.core.dataset import parse_labels, read_csv
 from stages.core.errors import PipelineError
-from stages.core.io import atomic_path, write_json
+from stages.core.io import atomic_path, read_json, write_json
 from stages.core.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier, load_unet
 from stages.core.params import load_section, require
 from stages.core.prepared import Prepared, load_prepared
@@ -117,11 +117,10 @@ def trace(model: torch.nn.Module, input_size: tuple[int, int], path: Path) -> No
 
 
 def read_rules(path: Path, num_classes: int) -> dict[str, Any]:
-    try:
-        rules = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run `dvc repro postprocess` first") from None
-    if sorted(rules.get("rules", {}), key=int) != [str(k) for k in range(1, num_classes + 1)]:
+    rules = read_json(path, "run `dvc repro postprocess` first")
+    if not isinstance(rules, dict) or sorted(rules.get("rules", {}), key=int) != [
+        str(k) for k in range(1, num_classes + 1)
+    ]:
         raise PipelineError(f"{path}: expected rules for classes 1..{num_classes}")
     return rules
 

@@ -14,7 +14,6 @@ An unreadable or missing file is reported by name and skipped; the exit code is 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from stages.core.device import resolve_runtime
 from stages.core.errors import PipelineError
 from stages.core.inference import classifier_probabilities, predict_probabilities
 from stages.core.inference_ops import gate_for, submitted_masks
-from stages.core.io import atomic_path, write_csv
+from stages.core.io import atomic_path, read_json, write_csv
 from stages.core.models import load_classifier, load_unet
 from stages.core.overlay import draw_masks
 
@@ -53,13 +52,6 @@ def image_files(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
         else:
             failed.append((text, "not found"))
     return files, failed
-
-
-def read_rules(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run `dvc repro` first") from None
 
 
 def load_fold_models(folder: Path, load: Any) -> list[tuple[Any, dict[str, Any]]]:
@@ -104,7 +96,7 @@ def predict(inputs: list[str], out: Path, device: str, batch_size: int) -> int:
     if not rows:
         return len(failed)
 
-    rules = read_rules(RULES_FILE)
+    rules = read_json(RULES_FILE, "run `dvc repro` first")
     runtime = resolve_runtime(device, False, "--device")
     classifiers = load_fold_models(CLASSIFIER_DIR, load_classifier)
     unets = load_fold_models(UNET_DIR, load_unet)

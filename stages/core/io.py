@@ -10,8 +10,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+
+from stages.core.errors import PipelineError
 
 
 @contextlib.contextmanager
@@ -61,3 +64,15 @@ def _finite(data: object) -> object:
 def write_json(data: object, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path, missing: str) -> Any:
+    """A JSON file's content; a missing or unparsable file is a PipelineError naming it (`missing` says
+    how to make it)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; {missing}") from None
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{path}: not readable JSON ({' '.join(str(error).split())})") from None
