@@ -35,7 +35,8 @@ from stages.core.models import (
     save_checkpoint,
 )
 from stages.core.params import load_section, require
-from stages.core.prepared import Prepared, load_prepared
+from stages.core.prepared import PREPARED_DIR, Prepared, load_prepared
+from stages.core.resume import ResumeStore, resume_key
 from stages.core.training import FoldTask, TrainParams, train_folds
 
 MODEL_DIR = Path("models/classifier")
@@ -133,8 +134,10 @@ def main() -> None:
     runtime.reset_peak_memory()
     live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None, report=None)
     task = classifier_task(params, prepared, runtime)
+    # A killed run continues from its last finished epoch (see stages/core/resume.py).
+    store = ResumeStore.open("classifier", resume_key(params, [PREPARED_DIR], [prepared.train_images]))
     with atomic_path(MODEL_DIR, directory=True) as model_dir:
-        fold_models = train_folds(task, params, prepared.train, runtime, live)
+        fold_models = train_folds(task, params, prepared.train, runtime, live, store)
         for fold_model in fold_models:
             path = model_dir / f"fold_{fold_model.fold}.pt"
             save_checkpoint(path, fold_model.model, config, fold_model.checkpoint_extra(params))
@@ -171,6 +174,7 @@ def main() -> None:
         "folds": fold_metrics,
     }
     write_json(metrics, METRICS_FILE)
+    store.finish()
     print(
         f"classifier: {params.folds} fold model(s) of {params.backbone} ({params.head} head), val AUC "
         f"{metrics['val_auc']:.4f}, accuracy {metrics['val_accuracy']:.4f}, {metrics['wall_time_s']} s; "

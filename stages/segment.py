@@ -52,7 +52,8 @@ from stages.core.postprocess import (
     pair_dice,
     search_rules,
 )
-from stages.core.prepared import Prepared, load_prepared
+from stages.core.prepared import PREPARED_DIR, Prepared, load_prepared
+from stages.core.resume import ResumeStore, resume_key
 from stages.core.training import FoldModel, FoldTask, TrainParams, class_balance_weights, train_folds
 
 MODEL_DIR = Path("models/unet")
@@ -321,7 +322,10 @@ def main() -> None:
     started = time.perf_counter()
     runtime.reset_peak_memory()
     live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None, report=None)
-    fold_models = train_folds(segment_task(params, prepared, runtime), params, prepared.train, runtime, live)
+    # A killed run continues from its last finished epoch (see stages/core/resume.py).
+    store = ResumeStore.open("segment", resume_key(params, [PREPARED_DIR], [prepared.train_images]))
+    task = segment_task(params, prepared, runtime)
+    fold_models = train_folds(task, params, prepared.train, runtime, live, store)
     live.make_summary()
     live.end()
     training_seconds = time.perf_counter() - started
@@ -373,6 +377,7 @@ def main() -> None:
         "folds": fold_metrics,
     }
     write_json(metrics, METRICS_FILE)
+    store.finish()
     rule_text = ", ".join(f"{k + 1}: p>={r.threshold:g} area>={r.min_area_px}" for k, r in enumerate(rules))
     holdout_text = f"{metrics['holdout_dice']:.4f}" if metrics["holdout_dice"] is not None else "n/a"
     print(

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,12 @@ def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 @contextlib.contextmanager
-def params_overridden(repo: Path, overrides: dict[str, dict[str, Any]]) -> Iterator[None]:
-    """Temporarily override params, restoring params.yaml byte for byte afterwards."""
+def params_overridden(
+    repo: Path, overrides: dict[str, dict[str, Any]], restore: Sequence[str] | None = None
+) -> Iterator[None]:
+    """Temporarily override params, restoring params.yaml byte for byte afterwards, even when the test
+    fails. `restore`: the stages (() = the whole DAG) to `dvc repro` afterwards, so that the outputs
+    match the params again for the tests that follow (DVC's run-cache brings them back: nothing retrains)."""
     params_file = repo / "params.yaml"
     original = params_file.read_text()
     set_params(repo, overrides)
@@ -103,3 +107,5 @@ def params_overridden(repo: Path, overrides: dict[str, dict[str, Any]]) -> Itera
         yield
     finally:
         params_file.write_text(original)
+        if restore is not None:
+            run(repo, "dvc", "repro", *restore)

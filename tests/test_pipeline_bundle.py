@@ -130,10 +130,9 @@ def test_predict_command_on_new_images(dag_repo: Path, tmp_path: Path) -> None:
 
 
 def test_soft_gating_bundle_gives_the_pipelines_submission(dag_repo: Path) -> None:
-    with params_overridden(dag_repo, {"postprocess": {"gating": "soft"}}):
+    with params_overridden(dag_repo, {"postprocess": {"gating": "soft"}}, restore=()):
         run(dag_repo, "dvc", "repro")
         config = json.loads((dag_repo / "models/kaggle/bundle.json").read_text())
         assert config["gating"] == {"mode": "soft", "image_threshold": None, "class_thresholds": None}
         metrics = json.loads((dag_repo / "data/bundle_metrics.json").read_text())
         assert metrics["predict"]["matches_submission"] is True
-    run(dag_repo, "dvc", "repro")

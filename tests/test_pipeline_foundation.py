@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from stages.core.dataset import index_dataset
-from tests.dvc_repo import copy_repo, params_overridden, run, set_params
+from tests.dvc_repo import copy_repo, params_overridden, run
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_truth_scores_one_and_empty_scores_the_empty_fraction(repo: Path) -> Non
 
 def test_up_to_date_dag_reruns_nothing_and_a_prepare_param_reruns_only_prepare(repo: Path) -> None:
     assert "up to date" in run(repo, "dvc", "status", "prepare").stdout
-    set_params(repo, {"prepare": {"seed": 7}})
-    output = run(repo, "dvc", "repro", "prepare").stdout
+    with params_overridden(repo, {"prepare": {"seed": 7}}, restore=["prepare"]):
+        output = run(repo, "dvc", "repro", "prepare").stdout
     assert "Running stage 'prepare'" in output
     assert "Running stage 'synthesize'" not in output
 

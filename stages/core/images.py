@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # albumentations asks PyPI for a newer version at import: a network call every stage would make (and wait
 # on, offline). The pipeline pins its version.
@@ -103,6 +104,32 @@ def build_augmentations(params: AugmentParams, seed: int, crop: CropSpec | None 
         ],
         seed=seed,
     )
+
+
+def _random_parts(transform: object) -> list[object]:
+    """The transform and every nested transform: each holds its own albumentations random generators."""
+    parts = [transform]
+    for child in getattr(transform, "transforms", []):
+        parts.extend(_random_parts(child))
+    return parts
+
+
+def augmentation_rng_state(augment: A.Compose) -> list[dict[str, Any]]:
+    """The random state of a pipeline of augmentations (plain types: saved with a resume state)."""
+    return [
+        {"numpy": part.random_generator.bit_generator.state, "python": part.py_random.getstate()}
+        for part in _random_parts(augment)
+    ]
+
+
+def set_augmentation_rng_state(augment: A.Compose, state: list[dict[str, Any]]) -> None:
+    parts = _random_parts(augment)
+    if len(parts) != len(state):
+        raise ValueError(f"augmentation state of {len(state)} transforms for {len(parts)} transforms")
+    for part, saved in zip(parts, state, strict=True):
+        part.random_generator.bit_generator.state = saved["numpy"]
+        version, internal, gauss = saved["python"]
+        part.py_random.setstate((version, tuple(internal), gauss))
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

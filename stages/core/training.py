@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from tqdm import tqdm
 
 from stages.core.device import Runtime
-from stages.core.images import AugmentParams
+from stages.core.images import AugmentParams, augmentation_rng_state, set_augmentation_rng_state
 from stages.core.params import require
+from stages.core.resume import ResumeStore, rng_state, set_rng_state
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,14 @@ class FitResult:
 Evaluate = Callable[[nn.Module, DataLoader], dict[str, float]]
 
 
+@dataclass(frozen=True)
+class FoldResume:
+    """Where fit() saves, after every epoch, and finds the state of one fold."""
+
+    store: ResumeStore
+    fold: int
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -196,14 +205,42 @@ def fit(
     runtime: Runtime,
     log_epoch: Callable[[int, dict[str, float]], None],
     name: str,
+    resume: FoldResume | None = None,
 ) -> FitResult:
-    """Train with early stopping on validation loss; return the best epoch's weights and metrics."""
+    """Train with early stopping on validation loss; return the best epoch's weights and metrics. With
+    `resume`, the state is saved after every epoch, and a saved state is continued from (its logged
+    epochs replayed through `log_epoch`, so the curves are whole)."""
     optimizer = make_optimizer(params, model)
     scheduler = make_scheduler(params, optimizer)
     scaler = runtime.grad_scaler()
     best: FitResult | None = None
     stale_epochs, train_seconds, train_images = 0, 0.0, 0
-    for epoch in range(1, params.max_epochs + 1):
+    history: list[tuple[int, dict[str, float]]] = []
+    first_epoch = 1
+    saved = resume.store.load(resume.fold) if resume is not None else None
+    if saved is not None:
+        history = [(int(epoch), dict(metrics)) for epoch, metrics in saved["history"]]
+        for epoch, metrics in history:
+            log_epoch(epoch, metrics)
+        best = FitResult(saved["best_state"], saved["best_epoch"], saved["best_metrics"], 0, 0.0, 0)
+        stale_epochs, train_seconds = saved["stale_epochs"], saved["train_seconds"]
+        train_images, epoch = saved["train_images"], saved["epoch"]
+        print(f"{name}: resumed after epoch {epoch} from {resume.store.path(resume.fold)}", flush=True)
+        if saved["finished"]:
+            best.epochs_run, best.train_seconds, best.train_images = epoch, train_seconds, train_images
+            return best
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        train_loader.generator.set_state(saved["loader_rng"])
+        augment = getattr(train_loader.dataset, "augment", None)
+        if augment is not None:
+            set_augmentation_rng_state(augment, saved["augment_rng"])
+        first_epoch = epoch + 1
+    for epoch in range(first_epoch, params.max_epochs + 1):
         model.train()
         started, total_loss, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(train_loader, desc=f"{name} epoch {epoch}", leave=False, disable=None, unit="batch")
@@ -235,7 +272,34 @@ def fit(
             stale_epochs += 1
         metrics["best"] = float(improved)
         log_epoch(epoch, metrics)
-        if epoch >= params.min_epochs and stale_epochs >= params.patience:
+        history.append((epoch, metrics))
+        stop = epoch >= params.min_epochs and stale_epochs >= params.patience
+        assert best is not None  # set in the first epoch
+        if resume is not None:
+            state = {
+                "epoch": epoch,
+                "finished": stop or epoch == params.max_epochs,
+                "history": history,
+                "best_state": best.best_state,
+                "best_epoch": best.best_epoch,
+                "best_metrics": best.best_metrics,
+                "stale_epochs": stale_epochs,
+                "train_seconds": train_seconds,
+                "train_images": train_images,
+            }
+            if not state["finished"]:  # a finished fold needs its best weights only
+                augment = getattr(train_loader.dataset, "augment", None)
+                state |= {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict(),
+                    "rng": rng_state(),
+                    "loader_rng": train_loader.generator.get_state(),
+                    "augment_rng": augmentation_rng_state(augment) if augment is not None else None,
+                }
+            resume.store.save(resume.fold, state)
+        if stop:
             break
     assert best is not None  # max_epochs >= 1
     best.epochs_run, best.train_seconds, best.train_images = epoch, train_seconds, train_images
@@ -317,10 +381,16 @@ class FoldTask:
 
 
 def train_folds(
-    task: FoldTask, params: TrainParams, table: pd.DataFrame, runtime: Runtime, live: Live
+    task: FoldTask,
+    params: TrainParams,
+    table: pd.DataFrame,
+    runtime: Runtime,
+    live: Live,
+    store: ResumeStore | None = None,
 ) -> list[FoldModel]:
     """One model per fold k < params.folds: trained on the other folds' rows (as `task` selects them),
-    early-stopped on fold k, returned with its best epoch's weights loaded."""
+    early-stopped on fold k, returned with its best epoch's weights loaded. With `store`, every epoch's
+    state is saved there and a saved state is continued from (a killed run resumes)."""
     fold_models = []
     for fold in range(params.folds):
         seed = params.seed + fold
@@ -352,6 +422,7 @@ def train_folds(
             runtime,
             epoch_logger(live, name, fold),
             name,
+            FoldResume(store, fold) if store is not None else None,
         )
         model.load_state_dict(result.best_state)
         train_folds_seen = sorted(int(f) for f in fit_rows["fold"].unique())
