@@ -28,6 +28,9 @@ from stages.core.io import atomic_path
 OLD_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
 NEW_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# Larger ClassIds are unknown outright: to_numeric may give float64, which stops holding every integer here,
+# or uint64, and neither would survive the cast to int64 (a 2**64 - 1 would come out as -1).
+MAX_CLASS_ID = 2**53
 
 
 def rle_column(class_id: int) -> str:
@@ -80,7 +83,12 @@ def parse_labels(frame: pd.DataFrame, source: str) -> Labels:
             f"or {list(NEW_COLUMNS)} (new format)"
         )
     class_ids = pd.to_numeric(pd.Series(class_text), errors="coerce").to_numpy()
-    bad = np.flatnonzero(~np.isfinite(class_ids) | (class_ids != np.round(class_ids)) | (class_ids < 0))
+    bad = np.flatnonzero(
+        ~np.isfinite(class_ids)
+        | (class_ids != np.round(class_ids))
+        | (class_ids < 0)
+        | (class_ids > MAX_CLASS_ID)
+    )
     if bad.size:
         raise PipelineError(f"{source}: line {lines[bad[0]]}: unknown ClassId {class_text[bad[0]]!r}")
     pairs = pd.DataFrame(
