@@ -453,6 +453,24 @@ def test_image_with_underscores_in_its_name_old_format() -> None:
     assert labels.pairs.loc[0, "ImageId"] == "img_2_b.jpg" and labels.pairs.loc[0, "ClassId"] == 4
 
 
+@pytest.mark.parametrize(
+    ("content", "fields"),
+    [
+        (b"ImageId,ClassId,EncodedPixels\nx,a.jpg,1,1 2\n", "4 fields, the header 3"),
+        (b"ImageId,ClassId,EncodedPixels\nx,y,a.jpg,1,1 2\nb.jpg,2,1 1\n", "5 fields, the header 3"),
+        (b"ImageId_ClassId,EncodedPixels\na.jpg_1,1 2,\n", "3 fields, the header 2"),
+    ],
+)
+def test_first_row_with_more_fields_than_the_header(tmp_path: Path, content: bytes, fields: str) -> None:
+    # Found by tests/test_fuzz.py: pandas took the extra leading fields as the index and shifted the cells,
+    # so the first file read as image a.jpg, class 1, RLE "1 2" without a word.
+    path = tmp_path / "train.csv"
+    path.write_bytes(content)
+    with pytest.raises(PipelineError) as error:
+        read_csv(path)
+    assert_error(error, str(path), f"not a readable CSV (the first row has {fields})")
+
+
 def test_unreadable_csv(tmp_path: Path) -> None:
     path = tmp_path / "broken.csv"
     path.write_bytes(b'ImageId,ClassId,EncodedPixels\na.jpg,1,"1 2\n\xff\xfe\x00')

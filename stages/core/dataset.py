@@ -50,11 +50,20 @@ class Labels:
 def read_csv(path: Path) -> pd.DataFrame:
     """A CSV with every cell as a string and empty cells as "" (never NaN)."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise PipelineError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+    # When the first row has more fields than the header, pandas silently takes the extra leading fields
+    # as the index, shifting every cell one column over (later rows with too many fields are errors).
+    if not isinstance(frame.index, pd.RangeIndex):
+        extra = frame.index.nlevels
+        raise PipelineError(
+            f"{path}: not a readable CSV (the first row has {len(frame.columns) + extra} fields, "
+            f"the header {len(frame.columns)})"
+        )
+    return frame
 
 
 def parse_labels(frame: pd.DataFrame, source: str) -> Labels:
