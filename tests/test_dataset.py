@@ -3,6 +3,7 @@ row) and writing submissions in the sample's format."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -451,6 +452,26 @@ def test_parse_labels_lines_and_classes() -> None:
 def test_image_with_underscores_in_its_name_old_format() -> None:
     labels = parse_labels(labels_frame([("img_2_b.jpg", 4, "")], "old"), "s.csv")
     assert labels.pairs.loc[0, "ImageId"] == "img_2_b.jpg" and labels.pairs.loc[0, "ClassId"] == 4
+
+
+@pytest.mark.parametrize("train_format", ["old", "new"])
+@pytest.mark.parametrize("image_id", ["a\nb.jpg", "a\rb.jpg", "a\tb.jpg", "a\x1b[31mb.jpg", "a\u2028b.jpg"])
+def test_image_id_with_a_control_character(tmp_path: Path, train_format: str, image_id: str) -> None:
+    # Found by tests/test_fuzz.py: quoted image names with a line break made multi-line error messages
+    # (say "image a<newline>b.jpg is missing"); now the name itself is the error, quoted.
+    rows = train_rows(train_format)
+    rows[0] = (image_id, 1, "")
+    root = make_dataset(tmp_path, train_format)
+    # Every cell quoted: pandas leaves a lone carriage return unquoted, which would split the row instead.
+    labels_frame(rows, train_format).to_csv(root / "train.csv", index=False, quoting=csv.QUOTE_ALL)
+    with pytest.raises(PipelineError) as error:
+        index_dataset(root)
+    assert_error(
+        error,
+        str(root / "train.csv"),
+        "line 2",
+        f"ImageId {image_id!r} contains a line break or control character",
+    )
 
 
 @pytest.mark.parametrize(

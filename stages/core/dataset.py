@@ -31,6 +31,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Larger ClassIds are unknown outright: to_numeric may give float64, which stops holding every integer here,
 # or uint64, and neither would survive the cast to int64 (a 2**64 - 1 would come out as -1).
 MAX_CLASS_ID = 2**53
+# Error messages quote image names as they are: a C0/C1 control character (line break, tab, NUL, escape) or
+# a Unicode line or paragraph separator in one would break the message's single line, or the terminal.
+_CONTROL_CHARACTER = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 
 
 def rle_column(class_id: int) -> str:
@@ -90,6 +93,12 @@ def parse_labels(frame: pd.DataFrame, source: str) -> Labels:
         raise PipelineError(
             f"{source}: unknown CSV columns {list(columns)}; expected {list(OLD_COLUMNS)} (old format) "
             f"or {list(NEW_COLUMNS)} (new format)"
+        )
+    bad = np.flatnonzero(pd.Series(image_ids, dtype=object).str.contains(_CONTROL_CHARACTER).to_numpy(bool))
+    if bad.size:
+        raise PipelineError(
+            f"{source}: line {lines[bad[0]]}: ImageId {image_ids[bad[0]]!r} "
+            "contains a line break or control character"
         )
     class_ids = pd.to_numeric(pd.Series(class_text), errors="coerce").to_numpy()
     bad = np.flatnonzero(
