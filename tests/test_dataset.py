@@ -3,6 +3,7 @@ row) and writing submissions in the sample's format."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -301,7 +302,9 @@ def test_class_beyond_an_old_format_samples_classes(tmp_path: Path, train_format
     assert_error(error, str(root / "train.csv"), f"line {len(rows) + 1}", "unknown ClassId 5", "1..4")
 
 
-@pytest.mark.parametrize("bad", ["x", "1.5", "-1", "", "inf"])
+# The last two are past int64 (found by tests/test_fuzz.py): the cast to int64 made 1e30 into -2**63 (with a
+# RuntimeWarning) and 2**64 - 1 into -1, and the error quoted those numbers.
+@pytest.mark.parametrize("bad", ["x", "1.5", "-1", "", "inf", "1e30", "18446744073709551615"])
 def test_non_integer_class_new_format(tmp_path: Path, bad: str) -> None:
     rows = train_rows("new")
     rows.insert(2, ("d.jpg", bad, "1 1"))
@@ -449,6 +452,44 @@ def test_parse_labels_lines_and_classes() -> None:
 def test_image_with_underscores_in_its_name_old_format() -> None:
     labels = parse_labels(labels_frame([("img_2_b.jpg", 4, "")], "old"), "s.csv")
     assert labels.pairs.loc[0, "ImageId"] == "img_2_b.jpg" and labels.pairs.loc[0, "ClassId"] == 4
+
+
+@pytest.mark.parametrize("train_format", ["old", "new"])
+@pytest.mark.parametrize("image_id", ["a\nb.jpg", "a\rb.jpg", "a\tb.jpg", "a\x1b[31mb.jpg", "a\u2028b.jpg"])
+def test_image_id_with_a_control_character(tmp_path: Path, train_format: str, image_id: str) -> None:
+    # Found by tests/test_fuzz.py: quoted image names with a line break made multi-line error messages
+    # (say "image a<newline>b.jpg is missing"); now the name itself is the error, quoted.
+    rows = train_rows(train_format)
+    rows[0] = (image_id, 1, "")
+    root = make_dataset(tmp_path, train_format)
+    # Every cell quoted: pandas leaves a lone carriage return unquoted, which would split the row instead.
+    labels_frame(rows, train_format).to_csv(root / "train.csv", index=False, quoting=csv.QUOTE_ALL)
+    with pytest.raises(PipelineError) as error:
+        index_dataset(root)
+    assert_error(
+        error,
+        str(root / "train.csv"),
+        "line 2",
+        f"ImageId {image_id!r} contains a line break or control character",
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "fields"),
+    [
+        (b"ImageId,ClassId,EncodedPixels\nx,a.jpg,1,1 2\n", "4 fields, the header 3"),
+        (b"ImageId,ClassId,EncodedPixels\nx,y,a.jpg,1,1 2\nb.jpg,2,1 1\n", "5 fields, the header 3"),
+        (b"ImageId_ClassId,EncodedPixels\na.jpg_1,1 2,\n", "3 fields, the header 2"),
+    ],
+)
+def test_first_row_with_more_fields_than_the_header(tmp_path: Path, content: bytes, fields: str) -> None:
+    # Found by tests/test_fuzz.py: pandas took the extra leading fields as the index and shifted the cells,
+    # so the first file read as image a.jpg, class 1, RLE "1 2" without a word.
+    path = tmp_path / "train.csv"
+    path.write_bytes(content)
+    with pytest.raises(PipelineError) as error:
+        read_csv(path)
+    assert_error(error, str(path), f"not a readable CSV (the first row has {fields})")
 
 
 def test_unreadable_csv(tmp_path: Path) -> None:

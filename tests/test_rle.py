@@ -185,6 +185,18 @@ def test_decode_errors(text: str, message: str) -> None:
         rle.parse_runs(text, 100)
 
 
+@pytest.mark.parametrize("sign", ["", "-", "+"])
+def test_token_past_ints_digit_limit(sign: str) -> None:
+    # Found by tests/test_fuzz.py: int() refuses more than 4,300 digits, which the regex lets through; a
+    # ValueError escaped before.
+    digits = "9" * 5_000
+    message = rf"^RLE token {re.escape(sign)}9+\.\.\. has 5000 digits, out of range for any image$"
+    with pytest.raises(RLEError, match=message):
+        rle.decode(f"1 {sign}{digits}", (10, 10))  # as a length
+    with pytest.raises(RLEError, match=message):
+        rle.parse_runs(f"{sign}{digits} 1", 100)  # as a start
+
+
 @pytest.mark.parametrize("value", [5, 1.5, b"1 2", ["1", "2"]])
 def test_non_string_is_an_error(value: object) -> None:
     with pytest.raises(RLEError, match="must be a string"):

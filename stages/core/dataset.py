@@ -28,6 +28,12 @@ from stages.core.io import atomic_path
 OLD_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
 NEW_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# Larger ClassIds are unknown outright: to_numeric may give float64, which stops holding every integer here,
+# or uint64, and neither would survive the cast to int64 (a 2**64 - 1 would come out as -1).
+MAX_CLASS_ID = 2**53
+# Error messages quote image names as they are: a C0/C1 control character (line break, tab, NUL, escape) or
+# a Unicode line or paragraph separator in one would break the message's single line, or the terminal.
+_CONTROL_CHARACTER = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 
 
 def rle_column(class_id: int) -> str:
@@ -47,11 +53,20 @@ class Labels:
 def read_csv(path: Path) -> pd.DataFrame:
     """A CSV with every cell as a string and empty cells as "" (never NaN)."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise PipelineError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+    # When the first row has more fields than the header, pandas silently takes the extra leading fields
+    # as the index, shifting every cell one column over (later rows with too many fields are errors).
+    if not isinstance(frame.index, pd.RangeIndex):
+        extra = frame.index.nlevels
+        raise PipelineError(
+            f"{path}: not a readable CSV (the first row has {len(frame.columns) + extra} fields, "
+            f"the header {len(frame.columns)})"
+        )
+    return frame
 
 
 def parse_labels(frame: pd.DataFrame, source: str) -> Labels:
@@ -79,8 +94,19 @@ def parse_labels(frame: pd.DataFrame, source: str) -> Labels:
             f"{source}: unknown CSV columns {list(columns)}; expected {list(OLD_COLUMNS)} (old format) "
             f"or {list(NEW_COLUMNS)} (new format)"
         )
+    bad = np.flatnonzero(pd.Series(image_ids, dtype=object).str.contains(_CONTROL_CHARACTER).to_numpy(bool))
+    if bad.size:
+        raise PipelineError(
+            f"{source}: line {lines[bad[0]]}: ImageId {image_ids[bad[0]]!r} "
+            "contains a line break or control character"
+        )
     class_ids = pd.to_numeric(pd.Series(class_text), errors="coerce").to_numpy()
-    bad = np.flatnonzero(~np.isfinite(class_ids) | (class_ids != np.round(class_ids)) | (class_ids < 0))
+    bad = np.flatnonzero(
+        ~np.isfinite(class_ids)
+        | (class_ids != np.round(class_ids))
+        | (class_ids < 0)
+        | (class_ids > MAX_CLASS_ID)
+    )
     if bad.size:
         raise PipelineError(f"{source}: line {lines[bad[0]]}: unknown ClassId {class_text[bad[0]]!r}")
     pairs = pd.DataFrame(

@@ -59,7 +59,16 @@ def parse_runs(rle: object, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
     bad = next((token for token in tokens if not _INTEGER.fullmatch(token)), None)
     if bad is not None:
         raise RLEError(f"RLE has a non-integer token {bad!r}")
-    raw = [int(token) for token in tokens]
+    try:
+        raw = [int(token) for token in tokens]
+    except ValueError:
+        # The regex passed every token, so this is int()'s cap on digits (sys.get_int_max_str_digits(),
+        # 4,300 by default): a value that long is out of range for any image whatever its sign.
+        longest = max(tokens, key=lambda token: len(token.lstrip("+-")))
+        digits = len(longest.lstrip("+-"))
+        raise RLEError(
+            f"RLE token {longest[:12]}... has {digits} digits, out of range for any image"
+        ) from None
     # Clipped into [0, n_pixels + 1] so that int64 cannot overflow; the checks below are unchanged by it,
     # and messages quote the raw values.
     values = np.array([min(max(value, 0), n_pixels + 1) for value in raw], dtype=np.int64)
