@@ -477,10 +477,12 @@ def test_an_image_cut_short_is_an_error(tmp_path: Path, suffix: str) -> None:
     assert_error(error, str(path), "truncated or corrupt image", "JPEG" if suffix == ".jpg" else "PNG")
 
 
-def test_bytes_after_the_end_marker_are_allowed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("appended", [b"\x00" * 100, b"trailer data " * 400])
+def test_bytes_after_the_end_marker_are_allowed(tmp_path: Path, appended: bytes) -> None:
+    """Padding after FFD9, or a long trailer some cameras append (decoded in full to tell it from a cut)."""
     root = make_dataset(tmp_path)
     path = root / "train_images" / "a.jpg"
-    path.write_bytes(path.read_bytes() + b"\x00" * 100)  # some writers pad after FFD9
+    path.write_bytes(path.read_bytes() + appended)
     assert len(index_dataset(root).train) == len(TRAIN_IMAGES)
 
 

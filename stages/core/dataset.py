@@ -172,25 +172,21 @@ def validate_rles(table: pd.DataFrame, num_classes: int, labels: Labels, source:
 
 # A JPEG ends with the end-of-image marker FFD9, a PNG with its IEND chunk. A file cut short keeps its
 # header (PIL reads the size from it) and OpenCV decodes it without a word, the missing rows grey: so the
-# end is checked too, on the last bytes only (some writers pad after the marker).
+# end is checked too, on the last bytes only. Only a file without the marker there (cut short, or, rarely,
+# with data appended after its end) is decoded in full to tell which.
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 END_MARKER_NAMES = {"JPEG": "FFD9 end-of-image marker", "PNG": "IEND chunk"}
 TAIL_BYTES = 1024
 
 
-def check_complete(path: Path, image_format: str | None) -> None:
-    """A PipelineError naming `path` when a JPEG or PNG file does not end as a whole one does."""
+def ends_whole(path: Path, image_format: str | None) -> bool:
+    """Whether a JPEG or PNG file has its end marker among its last bytes (other formats: not checked)."""
     marker = END_MARKERS.get(image_format or "")
     if marker is None:
-        return
+        return True
     with path.open("rb") as file:
         file.seek(max(0, file.seek(0, os.SEEK_END) - TAIL_BYTES))
-        tail = file.read()
-    if marker not in tail:
-        raise PipelineError(
-            f"{path}: truncated or corrupt image (a {image_format} file ends with the "
-            f"{END_MARKER_NAMES[image_format or '']}, this one does not); copy the file again"
-        )
+        return marker in file.read()
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -199,8 +195,14 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            image_format = image.format
-        check_complete(path, image_format)
+            if not ends_whole(path, image.format):
+                try:
+                    image.load()
+                except OSError:
+                    raise PipelineError(
+                        f"{path}: truncated or corrupt image (a {image.format} file ends with the "
+                        f"{END_MARKER_NAMES[image.format]}, this one does not); copy the file again"
+                    ) from None
     except FileNotFoundError:
         raise PipelineError(f"{path}: image listed in the CSV is missing on disk") from None
     except (UnidentifiedImageError, OSError) as error:
