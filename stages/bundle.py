@@ -33,7 +33,7 @@ from stages.core import cli, inference_ops, kaggle_predict
 from stages.core.dataset import parse_labels, read_csv
 from stages.core.errors import PipelineError
 from stages.core.io import atomic_path, read_json, write_json
-from stages.core.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier, load_unet
+from stages.core.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier, load_unet, torch_write
 from stages.core.params import load_section, require
 from stages.core.prepared import Prepared, load_prepared
 
@@ -113,7 +113,7 @@ def trace(model: torch.nn.Module, input_size: tuple[int, int], path: Path) -> No
         traced = torch.jit.trace(model, example[:1])
         if not torch.equal(traced(example), model(example)):
             raise PipelineError(f"{path.name}: the traced model's output differs from the eager model's")
-        torch.jit.save(traced, str(path))
+        torch_write(lambda: torch.jit.save(traced, str(path)), path)
 
 
 def read_rules(path: Path, num_classes: int) -> dict[str, Any]:

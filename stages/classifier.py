@@ -101,7 +101,12 @@ def classifier_task(params: ClassifierParams, prepared: Prepared, runtime: Runti
     return FoldTask(
         name="classifier",
         build_model=lambda: DefectClassifier(
-            params.backbone, params.encoder_weights, params.dropout, params.head, prepared.num_classes
+            params.backbone,
+            params.encoder_weights,
+            params.dropout,
+            params.head,
+            prepared.num_classes,
+            weights_key="classifier.encoder_weights",
         ),
         train_set=train_set,
         val_set=val_set,
@@ -132,11 +137,16 @@ def main() -> None:
     }
     started = time.perf_counter()
     runtime.reset_peak_memory()
-    live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None, report=None)
     task = classifier_task(params, prepared, runtime)
     # A killed run continues from its last finished epoch (see stages/core/resume.py).
     store = ResumeStore.open("classifier", resume_key(params, [PREPARED_DIR], [prepared.train_images]))
-    with atomic_path(MODEL_DIR, directory=True) as model_dir:
+    # dvclive empties its folder when it starts: it logs to a temporary one, which replaces the previous
+    # curves only when the stage succeeds.
+    with (
+        atomic_path(LIVE_DIR, directory=True) as live_dir,
+        atomic_path(MODEL_DIR, directory=True) as model_dir,
+    ):
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
         fold_models = train_folds(task, params, prepared.train, runtime, live, store)
         for fold_model in fold_models:
             path = model_dir / f"fold_{fold_model.fold}.pt"
@@ -150,8 +160,8 @@ def main() -> None:
             params.batch_size,
             params.num_workers,
         )
-    live.make_summary()
-    live.end()
+        live.make_summary()
+        live.end()
     write_csv(score_table(prepared.test["ImageId"], test_scores), TEST_SCORES)
     names = ("loss", "auc", "accuracy", *(f"auc_{k}" for k in range(1, test_scores.shape[1])))
     fold_metrics = {str(m.fold): m.metrics(names) for m in fold_models}

@@ -18,7 +18,6 @@ the synthetic one does), on the test images.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,7 +28,7 @@ import pandas as pd
 from stages.core import cli
 from stages.core.dataset import parse_labels, read_csv, submission_frame, validate_submission
 from stages.core.errors import PipelineError
-from stages.core.io import write_csv, write_json
+from stages.core.io import read_json, write_csv, write_json
 from stages.core.metric import DiceReport
 from stages.core.params import load_section, require
 from stages.core.postprocess import (
@@ -41,12 +40,14 @@ from stages.core.postprocess import (
     pair_dice,
     search_rules,
     select_masks,
+    stage_thresholds,
     supported_modes,
     threshold_index,
     tune_class_thresholds,
     tune_image_threshold,
 )
 from stages.core.prepared import Prepared, load_prepared
+from stages.core.scores import read_scores
 from stages.core.scoring import score_files, score_labels
 
 SUBMISSION_RAW = Path("data/submission_raw.csv")
@@ -85,23 +86,6 @@ class Scores:
 
     all_missing: np.ndarray  # (N,)
     presence: np.ndarray | None  # (N, K) with a multilabel classifier
-
-
-def read_scores(path: Path, num_classes: int) -> pd.DataFrame:
-    try:
-        table = pd.read_csv(path, dtype={"ImageId": str}, keep_default_na=False)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found; run `dvc repro` for the stages before postprocess") from None
-    columns = ["allMissing", *(f"p_{k}" for k in range(1, num_classes + 1))]
-    for column in (c for c in columns if c in table.columns):
-        values = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
-        bad = np.flatnonzero(~np.isfinite(values) | (values < 0) | (values > 1))
-        if bad.size:
-            raise PipelineError(
-                f"{path}: line {bad[0] + 2}: {column} {table[column].iloc[bad[0]]!r} is not a probability"
-            )
-        table[column] = values
-    return table.set_index("ImageId")
 
 
 def scores_of(table: pd.DataFrame, image_ids: list[str], num_classes: int, source: Path) -> Scores:
@@ -247,18 +231,19 @@ def main() -> None:
     params = load_section(PostprocessParams, "postprocess")
     prepared = load_prepared()
     k = prepared.num_classes
-    try:
-        chosen = json.loads(THRESHOLD.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{THRESHOLD}: not found; run `dvc repro threshold` first") from None
-    per_class = chosen.get("per_class")
-    stage_class_thresholds = [per_class[str(c)]["threshold"] for c in range(1, k + 1)] if per_class else None
+    chosen = read_json(THRESHOLD, "run `dvc repro threshold` first")
+    stage_threshold, stage_class_thresholds = stage_thresholds(chosen, k, str(THRESHOLD))
     if params.threshold is not None:  # an explicit number always wins
         fixed = GateThresholds(params.threshold, None if params.tune_thresholds else stage_class_thresholds)
     elif params.tune_thresholds:
         fixed = GateThresholds(None, None)
     else:
-        fixed = GateThresholds(chosen["threshold"], stage_class_thresholds)
+        fixed = GateThresholds(stage_threshold, stage_class_thresholds)
+    # The classifier's scores before the U-Net's outputs: the cheaper files first.
+    train_table = read_scores(
+        TRAIN_SCORES, k, "rerun `dvc repro score_train`", ("ImageId", "allMissing", "out_of_fold")
+    ).set_index("ImageId")
+    test_table = read_scores(TEST_SCORES, k, "rerun `dvc repro classifier`").set_index("ImageId")
 
     sample = prepared.sample_submission()
     sizes = {row.ImageId: (int(row.height), int(row.width)) for row in prepared.test.itertuples()}
@@ -266,10 +251,9 @@ def main() -> None:
     validate_submission(raw, sample, sizes, k, str(SUBMISSION_RAW))
 
     holdout = Candidates.from_frame(read_candidates(HOLDOUT_CANDIDATES))
-    train_table = read_scores(TRAIN_SCORES, k)
     holdout_scores = scores_of(train_table, list(holdout.image_ids), k, TRAIN_SCORES)
     test_ids = list(sample.image_ids)
-    test_scores = scores_of(read_scores(TEST_SCORES, k), test_ids, k, TEST_SCORES)
+    test_scores = scores_of(test_table, test_ids, k, TEST_SCORES)
     test = test_candidates(read_candidates(TEST_CANDIDATES), test_ids, holdout.thresholds, k)
 
     has_presence = holdout_scores.presence is not None and test_scores.presence is not None
@@ -314,7 +298,7 @@ def main() -> None:
         if truth.is_file():
             entry["test"] = grade(outcome.submission, f"{mode}-gated submission", truth, prepared)
         gating_modes[mode] = entry
-    oof = train_table.loc[list(holdout.image_ids), "out_of_fold"].astype(str).eq("True")
+    oof = train_table.loc[list(holdout.image_ids), "out_of_fold"].astype(bool)
     evaluation: dict[str, object] = {
         "gating": params.gating,
         "thresholds_from": "params"
@@ -324,7 +308,7 @@ def main() -> None:
         else "stage",
         "threshold": result.image_threshold,
         "class_thresholds": gating_modes[params.gating].get("class_thresholds"),
-        "stage_threshold": chosen["threshold"],
+        "stage_threshold": stage_threshold,
         "rules": {str(c + 1): asdict(rule) for c, rule in enumerate(result.rules)},
         "test_images": len(test_ids),
         "test_pairs_wiped": int((~result.test_gate.keep).sum()),

@@ -7,11 +7,13 @@ formats, counts). Every later stage reads this table instead of re-parsing the K
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from stages.core import cli
-from stages.core.dataset import index_dataset
+from stages.core.dataset import check_uniform_sizes, index_dataset
 from stages.core.folds import assign_folds
 from stages.core.io import atomic_path
 from stages.core.params import load_section, require
@@ -27,6 +29,9 @@ class DataParams:
 class PrepareParams:
     n_folds: int
     seed: int
+    # uniform: every train and test image has the dataset's most common size, else an error naming the
+    # file (Severstal's are all 256x1600); mixed: any sizes (masks and predictions follow each image's).
+    image_sizes: Literal["uniform", "mixed"] = "uniform"
 
     def validate(self, section: str) -> None:
         require(
@@ -38,6 +43,10 @@ def main() -> None:
     data = load_section(DataParams, "data")
     params = load_section(PrepareParams, "prepare")
     dataset = index_dataset(Path(data.root))
+    if params.image_sizes == "uniform":
+        check_uniform_sizes(dataset)
+    for warning in dataset.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     train = dataset.train.copy()
     train["fold"] = assign_folds(train["classes"], params.n_folds, params.seed)
     with atomic_path(PREPARED_DIR, directory=True) as tmp:

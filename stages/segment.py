@@ -37,10 +37,11 @@ from torch.utils.data import DataLoader
 from stages.core import cli, rle
 from stages.core.dataset import SubmissionWriter
 from stages.core.device import Runtime, inference, resolve_runtime
+from stages.core.errors import PipelineError
 from stages.core.images import CropSpec, ImageTable, build_augmentations, decode_masks, read_image
 from stages.core.inference import predict_probabilities
 from stages.core.inference_ops import class_mask
-from stages.core.io import atomic_path, write_csv, write_json
+from stages.core.io import atomic_path, target_name, write_csv, write_json
 from stages.core.metric import mask_dice
 from stages.core.models import UNET_DECODER_CHANNELS, build_unet, check_encoder, save_checkpoint
 from stages.core.overlay import truth_vs_prediction
@@ -207,7 +208,11 @@ def segment_task(params: SegmentParams, prepared: Prepared, runtime: Runtime) ->
     return FoldTask(
         name="segment",
         build_model=lambda: build_unet(
-            params.backbone, params.encoder_weights, num_classes, params.decoder_channels
+            params.backbone,
+            params.encoder_weights,
+            num_classes,
+            params.decoder_channels,
+            weights_key="segment.encoder_weights",
         ),
         train_set=train_set,
         val_set=lambda rows: ImageTable(rows, folder, params.input_size, "masks", num_classes),
@@ -272,7 +277,10 @@ def write_plots(prepared: Prepared, plotted: dict[str, tuple[np.ndarray, np.ndar
             size = probabilities.shape[1:]
             image = read_image(prepared.train_images / image_id, size, size)
             panel = truth_vs_prediction(image, truth, apply_rules(probabilities, rules))
-            cv2.imwrite(str(plots / f"{Path(image_id).stem}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+            path = plots / f"{Path(image_id).stem}.png"
+            # cv2.imwrite returns False instead of raising, on a full disk too.
+            if not cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
+                raise PipelineError(f"{target_name(path)}: cannot write")
 
 
 def predict_test(
@@ -321,13 +329,16 @@ def main() -> None:
     runtime = resolve_runtime(params.device, params.mixed_precision, "segment.device")
     started = time.perf_counter()
     runtime.reset_peak_memory()
-    live = Live(dir=str(LIVE_DIR), save_dvc_exp=False, dvcyaml=None, report=None)
     # A killed run continues from its last finished epoch (see stages/core/resume.py).
     store = ResumeStore.open("segment", resume_key(params, [PREPARED_DIR], [prepared.train_images]))
-    task = segment_task(params, prepared, runtime)
-    fold_models = train_folds(task, params, prepared.train, runtime, live, store)
-    live.make_summary()
-    live.end()
+    # dvclive empties its folder when it starts: it logs to a temporary one, which replaces the previous
+    # curves only when the stage succeeds (stages.core.cli.run commits the outputs together).
+    with atomic_path(LIVE_DIR, directory=True) as live_dir:
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+        task = segment_task(params, prepared, runtime)
+        fold_models = train_folds(task, params, prepared.train, runtime, live, store)
+        live.make_summary()
+        live.end()
     training_seconds = time.perf_counter() - started
 
     candidates, plotted = holdout_candidates(params, prepared, runtime, fold_models)

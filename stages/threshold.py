@@ -22,6 +22,7 @@ from stages.core.errors import PipelineError
 from stages.core.io import atomic_path, write_json
 from stages.core.params import load_section, require
 from stages.core.prepared import load_prepared
+from stages.core.scores import read_scores
 from stages.core.thresholds import (
     candidate_thresholds,
     choose_threshold,
@@ -63,20 +64,24 @@ def histogram(all_missing: np.ndarray, has_defect: np.ndarray, bins: int) -> pd.
 def main() -> None:
     params = load_section(ThresholdParams, "threshold")
     prepared = load_prepared()
-    try:
-        scores = pd.read_csv(SCORES, dtype={"ImageId": str})
-    except FileNotFoundError:
-        raise PipelineError(f"{SCORES}: not found; run `dvc repro score_train` first") from None
+    required = ("ImageId", "allMissing", "has_defect", "out_of_fold")
+    scores = read_scores(SCORES, prepared.num_classes, "rerun `dvc repro score_train`", required)
+    unknown = np.flatnonzero(~scores["ImageId"].isin(prepared.train["ImageId"]).to_numpy())
+    if unknown.size:
+        raise PipelineError(
+            f"{SCORES}: line {unknown[0] + 2}: image {scores['ImageId'].iloc[unknown[0]]} is not a prepared "
+            "train image; rerun `dvc repro score_train`"
+        )
     defect_counts = (
         prepared.train.set_index("ImageId")[[f"rle_{c}" for c in range(1, prepared.num_classes + 1)]]
         .ne("")
         .sum(axis=1)
     )
-    oof = scores[scores["out_of_fold"].astype(bool)]
+    oof = scores[scores["out_of_fold"]]
     if oof.empty:
         raise PipelineError(f"{SCORES}: no out-of-fold rows to choose a threshold on")
     all_missing = oof["allMissing"].to_numpy(np.float64)
-    has_defect = oof["has_defect"].astype(bool).to_numpy()
+    has_defect = oof["has_defect"].to_numpy()
     defect_classes = oof["ImageId"].map(defect_counts).to_numpy()
 
     thresholds = candidate_thresholds(all_missing)

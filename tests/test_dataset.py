@@ -4,9 +4,11 @@ row) and writing submissions in the sample's format."""
 from __future__ import annotations
 
 import csv
+import errno
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,9 @@ from stages.core import rle
 from stages.core.dataset import (
     Dataset,
     Labels,
+    SubmissionWriter,
     check_duplicates,
+    check_uniform_sizes,
     image_size,
     index_dataset,
     parse_labels,
@@ -500,6 +504,83 @@ def test_unreadable_csv(tmp_path: Path) -> None:
     assert_error(error, str(path), "not a readable CSV")
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_an_image_cut_short_is_an_error(tmp_path: Path, suffix: str) -> None:
+    """PIL reads the size from the header and OpenCV decodes the rest grey: the file's end is checked."""
+    root = make_dataset(tmp_path)
+    path = root / "train_images" / f"e{suffix}"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 400, 3), dtype=np.uint8)
+    cv2.imwrite(str(path), noise)  # most of the file past the header
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(PipelineError) as error:
+        index_dataset(root)
+    assert_error(error, str(path), "truncated or corrupt image", "JPEG" if suffix == ".jpg" else "PNG")
+
+
+@pytest.mark.parametrize("appended", [b"\x00" * 100, b"trailer data " * 400])
+def test_bytes_after_the_end_marker_are_allowed(tmp_path: Path, appended: bytes) -> None:
+    """Padding after FFD9, or a long trailer some cameras append (decoded in full to tell it from a cut)."""
+    root = make_dataset(tmp_path)
+    path = root / "train_images" / "a.jpg"
+    path.write_bytes(path.read_bytes() + appended)
+    assert len(index_dataset(root).train) == len(TRAIN_IMAGES)
+
+
+def test_uniform_sizes_name_the_odd_image(tmp_path: Path) -> None:
+    images = {name: (16, 40) for name in TRAIN_IMAGES}
+    tests = {name: (16, 40) for name in TEST_IMAGES}
+    dataset = index_dataset(make_dataset(tmp_path, train_images=images, test_images=tests))
+    check_uniform_sizes(dataset)
+    odd = index_dataset(
+        make_dataset(tmp_path / "odd", train_images=images, test_images={**tests, "t0.jpg": (16, 48)})
+    )
+    with pytest.raises(PipelineError) as error:
+        check_uniform_sizes(odd)
+    assert_error(
+        error, str(tmp_path / "odd" / "test_images" / "t0.jpg"), "16x48 pixels", "images are 16x40",
+        "prepare.image_sizes: mixed",
+    )  # fmt: skip
+    with pytest.raises(PipelineError, match=r"c\.jpg: image of 20x30 pixels"):
+        check_uniform_sizes(index_dataset(make_dataset(tmp_path / "mixed")))  # the default data: mixed sizes
+
+
+def test_images_the_old_format_does_not_list_are_a_warning(tmp_path: Path) -> None:
+    images = {**TRAIN_IMAGES, "e.jpg": (16, 40), "f.jpg": (16, 40)}
+    root = make_dataset(tmp_path, "old", train_images=images)
+    dataset = index_dataset(root)
+    unlisted = root / "train_images" / "e.jpg"
+    assert dataset.warnings == (
+        f"{unlisted}: not listed in {root / 'train.csv'}, treated as clean (and 1 more)",
+    )
+    assert not dataset.train.set_index("ImageId").loc[["e.jpg", "f.jpg"], "has_defect"].any()
+    assert index_dataset(make_dataset(tmp_path / "new", "new", train_images=images)).warnings == ()
+
+
+def test_test_images_the_sample_does_not_list_are_a_warning(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path, test_images={**TEST_IMAGES, "t9.jpg": (16, 40)})
+    dataset = index_dataset(root)
+    assert dataset.warnings == (
+        f"{root / 'test_images' / 't9.jpg'}: not listed in {root / 'sample_submission.csv'}, not predicted",
+    )
+    assert list(dataset.test["ImageId"]) == TEST_ORDER
+
+
+def test_empty_test_folder(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path, test_images={})
+    with pytest.raises(PipelineError) as error:
+        index_dataset(root)
+    assert_error(error, str(root / "test_images"), "no test images", "sample_submission.csv lists 2")
+
+
+@pytest.mark.parametrize("image_id", ["a.jpg_3", "b.JPG_12"])
+def test_an_old_format_row_in_a_new_format_file(image_id: str) -> None:
+    frame = labels_frame([("a.jpg", 1, "1 5"), (image_id, "", "1 10")], "new")
+    with pytest.raises(PipelineError) as error:
+        parse_labels(frame, "train.csv")
+    assert_error(error, "train.csv: line 3", repr(image_id), "old-format key", "one format")
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 PREDICTIONS = pd.DataFrame(
@@ -513,6 +594,33 @@ def sample_labels(tmp_path: Path, csv_format: str, columns: tuple[str, ...] | No
         columns = columns or NEW_SAMPLE_COLUMNS
     path = write_labels_csv(tmp_path / "sample_submission.csv", rows, csv_format, columns)
     return parse_labels(read_csv(path), str(path))
+
+
+class FullDiskFile:
+    """A file whose close fails as a full disk's does when the last buffered rows are flushed."""
+
+    def __init__(self, file: object) -> None:
+        self.file = file
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.file, name)
+
+    def close(self) -> None:
+        self.file.close()  # type: ignore[attr-defined]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_submission_writer_on_a_full_disk(tmp_path: Path) -> None:
+    sample = sample_labels(tmp_path, "new")
+    path = tmp_path / "submission.csv"
+    path.write_text("previous")
+    full = r"submission\.csv: cannot write \(No space left on device\)"
+    with pytest.raises(PipelineError, match=full), SubmissionWriter(path, sample, 4) as writer:
+        writer._file = FullDiskFile(writer._file)  # type: ignore[assignment]
+        for image_id in TEST_ORDER:
+            writer.write(image_id, ["", "", "", ""])
+    assert path.read_text() == "previous"
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_submission_in_old_format(tmp_path: Path) -> None:

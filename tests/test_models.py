@@ -4,6 +4,7 @@ encoder starts from random weights or from a file written here."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -357,3 +358,125 @@ def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as error:
         load_unet(hostile)
     assert str(hostile) in one_line_error(error)
+
+
+def test_a_checkpoint_of_another_model_is_one_line(tmp_path: Path) -> None:
+    unet = tmp_path / "unet.pt"
+    save_checkpoint(
+        unet, build_unet("resnet18", "none", num_classes=4), {"encoder": "resnet18", "num_classes": 4}, {}
+    )
+    with pytest.raises(PipelineError) as error:
+        load_classifier(unet)  # a U-Net's checkpoint where the classifier's belongs
+    assert one_line_error(error) == (
+        f"{unet}: not a classifier checkpoint, or one whose weights do not fit its config (no 'backbone' in "
+        "its config); retrain it (`dvc repro`) or put back the stage's own file"
+    )
+    classifier = tmp_path / "fold_0.pt"
+    save_checkpoint(classifier, DefectClassifier("resnet18", "none"), {"backbone": "resnet34"}, {})
+    with pytest.raises(PipelineError) as error:
+        load_classifier(classifier)  # its config names another backbone than its weights'
+    message = one_line_error(error)
+    assert message.startswith(f"{classifier}: not a classifier checkpoint") and "Missing key(s)" in message
+    with pytest.raises(PipelineError, match="not a U-Net checkpoint"):
+        load_unet(classifier)
+
+
+def test_a_full_disk_while_saving_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "fold_0.pt"
+    path.write_bytes(b"previous")
+
+    def full(*args: object, **kwargs: object) -> None:  # torch's C++ writer, as it reports a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+                           "file data/3: file write failed")  # fmt: skip
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(PipelineError) as error:
+        save_checkpoint(path, DefectClassifier("resnet18", "none"), {"backbone": "resnet18"}, {})
+    assert one_line_error(error).startswith(f"{path}: cannot write (")
+    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["fold_0.pt"]
+    monkeypatch.setattr(torch, "save", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):  # not a write failure: not hidden
+        save_checkpoint(path, DefectClassifier("resnet18", "none"), {"backbone": "resnet18"}, {})
+
+
+def test_a_weights_file_that_does_not_fit_names_the_param(tmp_path: Path) -> None:
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(random_encoder("mobilenet_v2", seed=0).state_dict(), path)
+    with pytest.raises(PipelineError) as error:
+        DefectClassifier("resnet18", str(path), weights_key="classifier.encoder_weights")
+    assert one_line_error(error).startswith(
+        f"params: classifier.encoder_weights: {path}: weights do not fit the resnet18 encoder (Error(s)"
+    )
+    with pytest.raises(PipelineError, match=r"^params: segment\.encoder_weights: .* the resnet18 encoder"):
+        build_unet("resnet18", str(path), 4, weights_key="segment.encoder_weights")
+
+
+def test_imagenet_for_an_encoder_without_imagenet_weights() -> None:
+    with pytest.raises(PipelineError) as error:
+        check_encoder("resnext101_32x16d", "imagenet", "segment")
+    assert one_line_error(error).startswith(
+        "params: segment.encoder_weights: smp has no imagenet weights for resnext101_32x16d (it has"
+    )
+
+
+# --- imagenet weights without the network: one line, at once ------------------------------------------------
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+OFFLINE_START = "params: classifier.encoder_weights 'imagenet': could not download the pretrained weights ("
+OFFLINE_END = "); download them once and set classifier.encoder_weights to the local file, or use none"
+
+
+@pytest.mark.usefixtures("empty_hub_cache")
+def test_imagenet_with_the_hub_unreachable_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No half minute of huggingface_hub's retries: one request, refused here at once (nothing listens on
+    port 9), and one line."""
+    from huggingface_hub import constants
+
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+    )
+    started = time.perf_counter()
+    with pytest.raises(PipelineError) as error:
+        DefectClassifier("resnet18", "imagenet", weights_key="classifier.encoder_weights")
+    message = one_line_error(error)
+    assert message.startswith(OFFLINE_START + "http://127.0.0.1:9: ") and message.endswith(OFFLINE_END)
+    assert time.perf_counter() - started < 20
+
+
+@pytest.mark.usefixtures("empty_hub_cache")
+def test_imagenet_with_hf_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PipelineError) as error:
+        build_unet("resnet18", "imagenet", 4, weights_key="classifier.encoder_weights")
+    assert one_line_error(error) == (
+        OFFLINE_START + "HF_HUB_OFFLINE is set and they are not in the cache" + OFFLINE_END
+    )
+
+
+def test_imagenet_download_failing_inside_smp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the downloader raises (huggingface_hub, httpx, timm, torch.hub) is the same one line."""
+    import stages.core.models as models
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(models, "check_hub", lambda name, key: None)
+    monkeypatch.setattr(models, "get_encoder", refused)
+    with pytest.raises(PipelineError) as error:
+        build_encoder("resnet18", "imagenet", "classifier.encoder_weights")
+    assert one_line_error(error) == (
+        OFFLINE_START + "ConnectionError: [Errno 111] Connection refused" + OFFLINE_END
+    )

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ MAX_CLASS_ID = 2**53
 # Error messages quote image names as they are: a C0/C1 control character (line break, tab, NUL, escape) or
 # a Unicode line or paragraph separator in one would break the message's single line, or the terminal.
 _CONTROL_CHARACTER = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
+# An old-format key `<image>_<class>` (0002cc93b.jpg_3): never an image name, whose suffix comes last.
+_OLD_KEY = re.compile(r".+\.(?:" + "|".join(s[1:] for s in IMAGE_SUFFIXES) + r")_[0-9]+", re.IGNORECASE)
 
 
 def rle_column(class_id: int) -> str:
@@ -88,6 +92,13 @@ def parse_labels(frame: pd.DataFrame, source: str) -> Labels:
     elif set(columns) == set(NEW_COLUMNS):
         image_ids = frame["ImageId"].str.strip().to_numpy()
         class_text = frame["ClassId"].str.strip().to_numpy()
+        old_keys = np.flatnonzero([_OLD_KEY.fullmatch(image_id) is not None for image_id in image_ids])
+        if old_keys.size:
+            raise PipelineError(
+                f"{source}: line {lines[old_keys[0]]}: {image_ids[old_keys[0]]!r} is an old-format key "
+                f"(<image>_<class>) in a new-format file ({','.join(columns)}); "
+                "use one format for the whole file"
+            )
         format_name = "new"
     else:
         raise PipelineError(
@@ -185,11 +196,39 @@ def validate_rles(table: pd.DataFrame, num_classes: int, labels: Labels, source:
                 ) from None
 
 
+# A JPEG ends with the end-of-image marker FFD9, a PNG with its IEND chunk. A file cut short keeps its
+# header (PIL reads the size from it) and OpenCV decodes it without a word, the missing rows grey: so the
+# end is checked too, on the last bytes only. Only a file without the marker there (cut short, or, rarely,
+# with data appended after its end) is decoded in full to tell which.
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+END_MARKER_NAMES = {"JPEG": "FFD9 end-of-image marker", "PNG": "IEND chunk"}
+TAIL_BYTES = 1024
+
+
+def ends_whole(path: Path, image_format: str | None) -> bool:
+    """Whether a JPEG or PNG file has its end marker among its last bytes (other formats: not checked)."""
+    marker = END_MARKERS.get(image_format or "")
+    if marker is None:
+        return True
+    with path.open("rb") as file:
+        file.seek(max(0, file.seek(0, os.SEEK_END) - TAIL_BYTES))
+        return marker in file.read()
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the image file's header, without decoding the pixels."""
+    """(height, width) from the image file's header, without decoding the pixels; a JPEG or PNG cut short
+    is an error."""
     try:
         with Image.open(path) as image:
             width, height = image.size
+            if not ends_whole(path, image.format):
+                try:
+                    image.load()
+                except OSError:
+                    raise PipelineError(
+                        f"{path}: truncated or corrupt image (a {image.format} file ends with the "
+                        f"{END_MARKER_NAMES[image.format]}, this one does not); copy the file again"
+                    ) from None
     except FileNotFoundError:
         raise PipelineError(f"{path}: image listed in the CSV is missing on disk") from None
     except (UnidentifiedImageError, OSError) as error:
@@ -215,6 +254,7 @@ class Dataset:
     num_classes: int
     train_format: str
     sample: Labels
+    warnings: tuple[str, ...] = ()  # one line each: images that are used otherwise than one might expect
 
     @property
     def train_images(self) -> Path:
@@ -262,17 +302,35 @@ def index_dataset(root: str | Path) -> Dataset:
         raise PipelineError(
             f"{train_csv}: line {row['line']}: image {missing[0]} is missing from {root / 'train_images'}"
         )
-    # Images on disk without rows are clean (the new format lists defect rows only).
-    image_ids = list(train.image_ids) + [name for name in on_disk if name not in listed]
+    # Images on disk without rows are clean (the new format lists defect rows only). The old format lists
+    # every image: one it does not is worth a word.
+    unlisted = [name for name in on_disk if name not in listed]
+    warnings = []
+    if unlisted and train.csv_format == "old":
+        warnings.append(
+            f"{root / 'train_images' / unlisted[0]}: not listed in {train_csv}, treated as clean"
+            + _and_more(unlisted)
+        )
+    image_ids = list(train.image_ids) + unlisted
     train_table = _with_sizes(wide_table(train, sorted(image_ids), num_classes), root / "train_images")
     validate_rles(train_table, num_classes, train, str(train_csv))
 
     test_dir = root / "test_images"
     test_on_disk = set(list_images(test_dir))
+    if not test_on_disk:
+        raise PipelineError(
+            f"{test_dir}: no test images ({sample_csv} lists {len(sample.image_ids)}); "
+            "copy the test images there"
+        )
     absent = [image_id for image_id in sample.image_ids if image_id not in test_on_disk]
     if absent:
         row = sample.pairs[sample.pairs["ImageId"] == absent[0]].iloc[0]
         raise PipelineError(f"{sample_csv}: line {row['line']}: image {absent[0]} is missing from {test_dir}")
+    extra = sorted(test_on_disk - set(sample.image_ids))
+    if extra:
+        warnings.append(
+            f"{test_dir / extra[0]}: not listed in {sample_csv}, not predicted" + _and_more(extra)
+        )
     test_table = _with_sizes(pd.DataFrame({"ImageId": list(sample.image_ids)}), test_dir)
     return Dataset(
         root=root,
@@ -281,7 +339,34 @@ def index_dataset(root: str | Path) -> Dataset:
         num_classes=num_classes,
         train_format=train.csv_format,
         sample=sample,
+        warnings=tuple(warnings),
     )
+
+
+def _and_more(names: Sequence[str]) -> str:
+    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+
+
+def check_uniform_sizes(dataset: Dataset) -> None:
+    """Every train and test image must have the dataset's most common size: a stray size is most often a
+    wrong or re-saved file (Severstal's images are all 256x1600). The error names the file, its size and
+    the expected one."""
+    tables = ((dataset.train, dataset.train_images), (dataset.test, dataset.test_images))
+    sizes = [
+        (int(height), int(width), folder / image_id)
+        for table, folder in tables
+        for image_id, height, width in table[["ImageId", "height", "width"]].itertuples(index=False)
+    ]
+    if not sizes:
+        return
+    (expected, _), *_ = Counter((height, width) for height, width, _ in sizes).most_common(1)
+    for height, width, path in sizes:
+        if (height, width) != expected:
+            raise PipelineError(
+                f"{path}: image of {height}x{width} pixels (height x width) but the dataset's images are "
+                f"{expected[0]}x{expected[1]}; replace it, or set prepare.image_sizes: mixed to allow "
+                "images of different sizes"
+            )
 
 
 def submission_rows(image_id: str, rles: Sequence[str], sample: Labels) -> list[list[object]]:
@@ -349,13 +434,21 @@ class SubmissionWriter:
         self.written += 1
 
     def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
-        self._file.close()
+        closing: OSError | None = None
+        try:
+            self._file.close()  # flushes the last rows: a full disk may show only here
+        except OSError as failed:
+            closing = failed
+        if error is None and closing is not None:
+            kind, error, trace = type(closing), closing, closing.__traceback__
         if error is None and self.written != len(self.sample.image_ids):
             missing = self.sample.image_ids[self.written]
             error = PipelineError(f"{self.path}: no prediction for image {missing} (and any after it)")
             self._atomic.__exit__(PipelineError, error, None)
             raise error
-        self._atomic.__exit__(kind, error, trace)
+        self._atomic.__exit__(kind, error, trace)  # raises a PipelineError for a full disk
+        if closing is not None and error is closing:
+            raise closing  # not raised by the with block: re-raised here, after the cleanup
 
 
 def validate_submission(

@@ -64,7 +64,7 @@ def resolve_runtime(device: str, mixed_precision: bool, key: str = "device") -> 
     except RuntimeError:
         raise PipelineError(f"params: {key} must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"params: {key} is {device!r} but no CUDA device is available")
+        raise PipelineError(f"params: {key} is {device!r} but no CUDA device is available; use auto or cpu")
     if resolved.type not in ("cpu", "cuda"):
         raise PipelineError(f"params: {key} must be auto, cpu, cuda or cuda:N, got {device!r}")
     if resolved.type == "cuda":

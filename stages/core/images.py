@@ -23,6 +23,10 @@ from stages.core.errors import PipelineError
 from stages.core.inference_ops import decode_flag, model_image, normalise
 from stages.core.models import IMAGENET_MEAN, IMAGENET_STD
 
+# OpenCV logs a warning line of its own for a file it cannot decode; read_image reports it as the stage's
+# one error line instead.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 
 def read_image(path: Path, original: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 image of `original` (height, width) on disk, resized to `size` (height, width); decoded

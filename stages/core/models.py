@@ -2,11 +2,15 @@
 
 Both the allMissing classifier and the U-Net take their encoder from smp, so `encoder_weights` means the
 same everywhere: `none` (random init), `imagenet` (smp downloads it when online) or a path to a local
-weights file (.pth/.pt state dict or .safetensors) for that encoder.
+weights file (.pth/.pt state dict or .safetensors) for that encoder. `weights_key` is that param's name
+(`classifier.encoder_weights`), for the messages: a download that fails or a file that does not fit the
+encoder is one line naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
 from stages.core.errors import PipelineError
-from stages.core.io import atomic_path
+from stages.core.io import atomic_path, target_name
 
 CLASSIFIER_BACKBONES = ("densenet121", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,12 +41,23 @@ def check_encoder(name: str, weights: str, key: str, allowed: tuple[str, ...] | 
             f"params: {key}.encoder_weights: weights file {weights!r} not found "
             "(use none, imagenet or a path to a file)"
         )
+    settings = smp.encoders.encoders.get(name, {}).get("pretrained_settings", {})
+    if weights == "imagenet" and not name.startswith("tu-") and "imagenet" not in settings:
+        raise PipelineError(
+            f"params: {key}.encoder_weights: smp has no imagenet weights for {name} "
+            f"(it has {', '.join(settings) or 'none'}); use none or a path to a weights file"
+        )
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (torch's span several), shortened to `limit` characters."""
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_sentence(error: BaseException, limit: int = 160) -> str:
+    text = _one_line(error, 10_000)
+    return _one_line(Exception(text.split(". ")[0].rstrip(".")), limit)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -55,7 +70,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds on a corrupt or foreign file
         raise PipelineError(
-            f"{path}: not a readable weights file ({type(error).__name__}: {_one_line(error)})"
+            f"{path}: not a readable weights file ({type(error).__name__}: {_first_sentence(error)})"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -64,21 +79,88 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_encoder_weights(encoder: nn.Module, weights: str) -> None:
+def load_encoder_weights(
+    encoder: nn.Module, weights: str, name: str = "", weights_key: str = "encoder_weights"
+) -> None:
     """Load a local weights file into an smp encoder (its loader drops the ImageNet head)."""
     state = load_state_dict_file(weights)
     try:
         encoder.load_state_dict(state)
     except RuntimeError as error:
         # torch's first line only says "Error(s) in loading state_dict"; the details follow on the next.
-        raise PipelineError(f"{weights}: weights do not fit the encoder ({_one_line(error)})") from None
+        encoder_name = f"the {name} encoder" if name else "the encoder"
+        raise PipelineError(
+            f"params: {weights_key}: {weights}: weights do not fit {encoder_name} "
+            f"({_one_line(error, 200)}); use a weights file of that encoder, or none"
+        ) from None
 
 
-def build_encoder(name: str, weights: str) -> nn.Module:
-    encoder = get_encoder(name, in_channels=3, depth=5, weights="imagenet" if weights == "imagenet" else None)
-    if weights not in ("none", "imagenet"):
-        load_encoder_weights(encoder, weights)
-    return encoder
+def download_failure(weights_key: str, reason: str) -> PipelineError:
+    return PipelineError(
+        f"params: {weights_key} 'imagenet': could not download the pretrained weights ({reason}); "
+        f"download them once and set {weights_key} to the local file, or use none"
+    )
+
+
+def check_hub(name: str, weights_key: str, timeout: float = 10.0) -> None:
+    """Before smp downloads an encoder's ImageNet weights from the Hugging Face hub: unless they are in
+    the local cache, one request without retries must reach the hub. huggingface_hub itself retries an
+    unreachable hub for half a minute before its error; offline, this fails at once."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    settings = smp.encoders.encoders.get(name, {}).get("pretrained_settings", {}).get("imagenet")
+    if settings is None:  # a timm universal encoder: timm finds its own weights
+        return
+    repo_id, revision = settings["repo_id"], settings["revision"]
+    if isinstance(try_to_load_from_cache(repo_id, "model.safetensors", revision=revision), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise download_failure(weights_key, "HF_HUB_OFFLINE is set and they are not in the cache")
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "model.safetensors", revision=revision), timeout=timeout)
+    except Exception as error:  # httpx's connection errors, huggingface_hub's HTTP errors
+        raise download_failure(weights_key, f"{constants.ENDPOINT}: {_short_reason(error)}") from None
+
+
+def _short_reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_one_line(error, 120)}"
+
+
+@contextlib.contextmanager
+def imagenet_download(name: str, weights_key: str) -> Iterator[None]:
+    """Around the smp call that downloads ImageNet weights: any failure is one line naming the param."""
+    check_hub(name, weights_key)
+    try:
+        yield
+    except Exception as error:  # huggingface_hub, httpx, timm and torch.hub raise many kinds
+        raise download_failure(weights_key, _short_reason(error)) from None
+
+
+def with_weights(
+    build: Callable[[str | None], nn.Module],
+    name: str,
+    weights: str,
+    weights_key: str,
+    encoder_of: Callable[[Any], nn.Module] = lambda model: model,
+) -> Any:
+    """`build(smp_weights)` (None or "imagenet"), then a local weights file loaded into its encoder: the one
+    place models get their encoder weights."""
+    if weights == "imagenet":
+        with imagenet_download(name, weights_key):
+            return build("imagenet")
+    model = build(None)
+    if weights != "none":
+        load_encoder_weights(encoder_of(model), weights, name, weights_key)
+    return model
+
+
+def build_encoder(name: str, weights: str, weights_key: str = "encoder_weights") -> nn.Module:
+    return with_weights(
+        lambda smp_weights: get_encoder(name, in_channels=3, depth=5, weights=smp_weights),
+        name,
+        weights,
+        weights_key,
+    )
 
 
 CLASSIFIER_HEADS = ("binary", "multilabel")
@@ -105,12 +187,13 @@ class DefectClassifier(SegmentationModel):
         dropout: float = 0.2,
         head: str = "binary",
         num_classes: int = 4,
+        weights_key: str = "encoder_weights",
     ) -> None:
         super().__init__()
         if head not in CLASSIFIER_HEADS:
             raise ValueError(f"unknown classifier head {head!r}; choose from {', '.join(CLASSIFIER_HEADS)}")
         self.head_kind, self.num_classes = head, num_classes
-        self.encoder = build_encoder(backbone, weights)
+        self.encoder = build_encoder(backbone, weights, weights_key)
         self.classification_head = ClassificationHead(
             self.encoder.out_channels[-1], classifier_outputs(head, num_classes), dropout=dropout
         )
@@ -127,18 +210,25 @@ UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's default
 
 
 def build_unet(
-    encoder: str, weights: str, num_classes: int, decoder_channels: tuple[int, ...] = UNET_DECODER_CHANNELS
+    encoder: str,
+    weights: str,
+    num_classes: int,
+    decoder_channels: tuple[int, ...] = UNET_DECODER_CHANNELS,
+    weights_key: str = "encoder_weights",
 ) -> smp.Unet:
-    model = smp.Unet(
-        encoder_name=encoder,
-        encoder_weights="imagenet" if weights == "imagenet" else None,
-        decoder_channels=tuple(decoder_channels),
-        classes=num_classes,
-        activation=None,  # logits; sigmoid is applied in the loss and at prediction
+    return with_weights(
+        lambda smp_weights: smp.Unet(
+            encoder_name=encoder,
+            encoder_weights=smp_weights,
+            decoder_channels=tuple(decoder_channels),
+            classes=num_classes,
+            activation=None,  # logits; sigmoid is applied in the loss and at prediction
+        ),
+        encoder,
+        weights,
+        weights_key,
+        lambda model: model.encoder,
     )
-    if weights not in ("none", "imagenet"):
-        load_encoder_weights(model.encoder, weights)
-    return model
 
 
 def plain(value: Any) -> Any:
@@ -156,8 +246,20 @@ def plain(value: Any) -> Any:
 def save_checkpoint(path: Path, model: nn.Module, config: dict[str, Any], extra: dict[str, Any]) -> None:
     """A checkpoint that rebuilds the model without params.yaml: `config` holds the factory arguments."""
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    payload = {"config": plain(config), "state_dict": state, **plain(extra)}
     with atomic_path(path) as tmp:
-        torch.save({"config": plain(config), "state_dict": state, **plain(extra)}, tmp)
+        torch_write(lambda: torch.save(payload, tmp), path)
+
+
+def torch_write(save: Callable[[], None], path: Path) -> None:
+    """Run a torch.save or torch.jit.save: torch's C++ writer reports a full disk as a RuntimeError (with the
+    temporary file's name), made here a PipelineError naming the output."""
+    try:
+        save()
+    except RuntimeError as error:
+        if "write" not in str(error).lower():
+            raise
+        raise PipelineError(f"{target_name(Path(path))}: cannot write ({_one_line(error, 200)})") from None
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -167,37 +269,66 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise PipelineError(f"{path}: checkpoint not found") from None
     except Exception as error:  # a truncated or foreign file
+        # torch's first sentence says what failed; the rest advises weights_only=False, unsafe here.
         raise PipelineError(
-            f"{path}: not a readable checkpoint ({type(error).__name__}: {_one_line(error)})"
+            f"{path}: not a readable checkpoint, truncated or corrupt ({type(error).__name__}: "
+            f"{_first_sentence(error)}); retrain it (`dvc repro`)"
         ) from None
     if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= checkpoint.keys():
         raise PipelineError(f"{path}: not a checkpoint of this project (no config and state_dict)")
     return checkpoint
 
 
+def rebuild(path: Path, kind: str, build: Callable[[], nn.Module], state: dict[str, Any]) -> nn.Module:
+    """The checkpoint's model from its config, with its weights: a checkpoint of another model (a U-Net's
+    where a classifier's belongs, a config that does not match the weights) is one line naming the file."""
+    try:
+        model = build()
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = f"no {error} in its config" if isinstance(error, KeyError) else _one_line(error, 200)
+        raise PipelineError(
+            f"{path}: not a {kind} checkpoint, or one whose weights do not fit its config ({reason}); "
+            "retrain it (`dvc repro`) or put back the stage's own file"
+        ) from None
+    return model.eval()
+
+
 def load_classifier(path: Path) -> tuple[DefectClassifier, dict[str, Any]]:
     checkpoint = read_checkpoint(path)
     config = checkpoint["config"]
-    model = DefectClassifier(
-        config["backbone"],
-        "none",
-        config.get("dropout", 0.0),
-        config.get("head", "binary"),  # checkpoints from before the multilabel head
-        config.get("num_classes", 4),
-    )
     # Before smp's ClassificationHead the head was called `head` (same layers, same order).
     state = {
         ("classification_head." + key.removeprefix("head.") if key.startswith("head.") else key): value
         for key, value in checkpoint["state_dict"].items()
     }
-    model.load_state_dict(state)
-    return model.eval(), checkpoint
+    model = rebuild(
+        path,
+        "classifier",
+        lambda: DefectClassifier(
+            config["backbone"],
+            "none",
+            config.get("dropout", 0.0),
+            config.get("head", "binary"),  # checkpoints from before the multilabel head
+            config.get("num_classes", 4),
+        ),
+        state,
+    )
+    return model, checkpoint  # type: ignore[return-value]
 
 
 def load_unet(path: Path) -> tuple[smp.Unet, dict[str, Any]]:
     checkpoint = read_checkpoint(path)
     config = checkpoint["config"]
-    decoder = tuple(config.get("decoder_channels", UNET_DECODER_CHANNELS))
-    model = build_unet(config["encoder"], "none", config["num_classes"], decoder)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint
+    model = rebuild(
+        path,
+        "U-Net",
+        lambda: build_unet(
+            config["encoder"],
+            "none",
+            config["num_classes"],
+            tuple(config.get("decoder_channels", UNET_DECODER_CHANNELS)),
+        ),
+        checkpoint["state_dict"],
+    )
+    return model, checkpoint  # type: ignore[return-value]

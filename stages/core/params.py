@@ -27,10 +27,18 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found (run from the repository root)") from None
     except yaml.YAMLError as error:
-        raise PipelineError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+        raise PipelineError(f"{path}: {_yaml_problem(error)}") from None
     if not isinstance(data, dict):
         raise PipelineError(f"{path}: expected a mapping of sections at the top level")
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what, on one line: `line 3, column 5: not valid YAML (expected ',' or ']' ...)`."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}not valid YAML ({' '.join(str(problem).split())})"
 
 
 def load_section(cls: type[T], section: str, path: str | Path = PARAMS_FILE) -> T:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 # Shared with the Kaggle bundle's predict.py, so that both gate alike.
+from stages.core.errors import PipelineError
 from stages.core.inference_ops import GATING_MODES, Gate, gate_for, kept_masks, submitted_masks
 from stages.core.metric import dice_from_counts
 
@@ -259,3 +260,33 @@ def select_masks(
 def gate(all_missing: np.ndarray, threshold: float) -> np.ndarray:
     """True for images whose masks are wiped by image gating: allMissing at or above the threshold."""
     return np.asarray(all_missing, dtype=np.float64) >= threshold
+
+
+def _unit_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def stage_thresholds(chosen: object, num_classes: int, source: str) -> tuple[float, list[float] | None]:
+    """The threshold stage's choice (data/threshold.json): the allMissing threshold and, from a multilabel
+    classifier, one presence threshold per class; each must be a number in [0, 1]. Errors name `source`
+    and the key."""
+    remake = "rerun `dvc repro threshold`"
+    if not isinstance(chosen, dict) or "threshold" not in chosen:
+        raise PipelineError(f"{source}: no threshold; {remake}")
+    if not _unit_number(chosen["threshold"]):
+        raise PipelineError(
+            f"{source}: threshold {chosen['threshold']!r} is not a number in [0, 1]; {remake}"
+        )
+    per_class = chosen.get("per_class")
+    if per_class is None:
+        return float(chosen["threshold"]), None
+    class_thresholds = []
+    for k in range(1, num_classes + 1):
+        entry = per_class.get(str(k)) if isinstance(per_class, dict) else None
+        value = entry.get("threshold") if isinstance(entry, dict) else None
+        if not _unit_number(value):
+            raise PipelineError(
+                f"{source}: per_class.{k}.threshold {value!r} is not a number in [0, 1]; {remake}"
+            )
+        class_thresholds.append(float(value))
+    return float(chosen["threshold"]), class_thresholds
