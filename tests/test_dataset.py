@@ -504,6 +504,33 @@ def test_unreadable_csv(tmp_path: Path) -> None:
     assert_error(error, str(path), "not a readable CSV")
 
 
+def test_a_folder_in_place_of_the_csv_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.mkdir()
+    with pytest.raises(PipelineError) as error:
+        read_csv(path)
+    assert_error(error, str(path), "cannot read")
+
+
+def test_empty_image_id_new_format(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("ImageId,ClassId,EncodedPixels\na.jpg,1,1 2\n,3,1 2\n")
+    with pytest.raises(PipelineError) as error:
+        parse_labels(read_csv(path), str(path))
+    assert_error(error, str(path), "line 3", "empty ImageId")
+
+
+def test_an_implausible_class_count_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    sample = sample_rows_for(TEST_ORDER)
+    sample.insert(3, ("t1.jpg", 1000000000, ""))
+    root = make_dataset(tmp_path, "new", "new", sample=sample)
+    with pytest.raises(PipelineError) as error:
+        index_dataset(root)
+    assert_error(
+        error, str(root / "sample_submission.csv"), "ClassId 1000000000 is not plausible", "at most 255"
+    )
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_an_image_cut_short_is_an_error(tmp_path: Path, suffix: str) -> None:
     """PIL reads the size from the header and OpenCV decodes the rest grey: the file's end is checked."""

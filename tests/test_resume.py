@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from stages.core.device import resolve_runtime
+from stages.core.errors import PipelineError
 from stages.core.images import AugmentParams, build_augmentations
 from stages.core.resume import ResumeStore, resume_key
 from stages.core.training import FoldTask, TrainParams, train_folds
@@ -170,3 +171,22 @@ def test_an_unreadable_state_is_ignored(tmp_path: Path, capsys: pytest.CaptureFi
     expected, _ = run(None)
     resumed, _ = run(store)
     assert torch.equal(expected[0].model.state_dict()["0.weight"], resumed[0].model.state_dict()["0.weight"])
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ResumeStore.open("toy", "k", tmp_path)
+    store.save(0, {"epoch": 1})
+
+    def full_disk(state: object, path: Path) -> None:
+        Path(path).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0: write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(PipelineError) as error:
+        store.save(0, {"epoch": 2})
+    assert str(error.value).startswith(f"{store.path(0)}: cannot write the resume state (")
+    assert [p.name for p in store.folder.iterdir()] == ["fold_0.pt"]  # no temporary left
+    monkeypatch.undo()
+    assert store.load(0) == {"epoch": 1}

@@ -33,6 +33,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Larger ClassIds are unknown outright: to_numeric may give float64, which stops holding every integer here,
 # or uint64, and neither would survive the cast to int64 (a 2**64 - 1 would come out as -1).
 MAX_CLASS_ID = 2**53
+# The number of defect classes a dataset may have (Severstal: 4); each is a mask channel and a table column.
+MAX_CLASSES = 255
 # Error messages quote image names as they are: a C0/C1 control character (line break, tab, NUL, escape) or
 # a Unicode line or paragraph separator in one would break the message's single line, or the terminal.
 _CONTROL_CHARACTER = "[\x00-\x1f\x7f-\x9f\u2028\u2029]"
@@ -62,6 +64,8 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise PipelineError(f"{path}: not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise PipelineError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+    except OSError as error:  # a folder where the file should be, no permission to read it, ...
+        raise PipelineError(f"{path}: cannot read ({error.strerror or type(error).__name__})") from None
     # When the first row has more fields than the header, pandas silently takes the extra leading fields
     # as the index, shifting every cell one column over (later rows with too many fields are errors).
     if not isinstance(frame.index, pd.RangeIndex):
@@ -92,6 +96,9 @@ def parse_labels(frame: pd.DataFrame, source: str) -> Labels:
     elif set(columns) == set(NEW_COLUMNS):
         image_ids = frame["ImageId"].str.strip().to_numpy()
         class_text = frame["ClassId"].str.strip().to_numpy()
+        empty = np.flatnonzero(image_ids == "")
+        if empty.size:
+            raise PipelineError(f"{source}: line {lines[empty[0]]}: empty ImageId")
         old_keys = np.flatnonzero([_OLD_KEY.fullmatch(image_id) is not None for image_id in image_ids])
         if old_keys.size:
             raise PipelineError(
@@ -289,6 +296,12 @@ def index_dataset(root: str | Path) -> Dataset:
     # highest ClassId in train.csv (an old-format train.csv lists every class for every image).
     sample_classes = class_ids_of(sample)
     num_classes = max(sample_classes) if sample_classes else max(class_ids_of(train), default=0)
+    if num_classes > MAX_CLASSES:
+        # The table gets one RLE column per class: a stray huge ClassId would make millions of them.
+        source = sample_csv if sample_classes else train_csv
+        raise PipelineError(
+            f"{source}: ClassId {num_classes} is not plausible (at most {MAX_CLASSES} defect classes)"
+        )
     if num_classes < 1:
         raise PipelineError(f"{train_csv}: no defect class found (no ClassId >= 1)")
     check_classes(train, num_classes, str(train_csv))

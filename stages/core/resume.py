@@ -135,9 +135,10 @@ class ResumeStore:
         try:
             torch.save(state, tmp)
             os.replace(tmp, path)
-        except OSError as error:
+        except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
             tmp.unlink(missing_ok=True)
-            raise PipelineError(f"{path}: cannot write the resume state ({error.strerror})") from None
+            reason = error.strerror if isinstance(error, OSError) else str(error).splitlines()[0]
+            raise PipelineError(f"{path}: cannot write the resume state ({reason})") from None
 
     def finish(self) -> None:
         """The stage has written its outputs: the state is no longer needed."""
