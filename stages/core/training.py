@@ -217,6 +217,7 @@ def fit(
     stale_epochs, train_seconds, train_images = 0, 0.0, 0
     history: list[tuple[int, dict[str, float]]] = []
     first_epoch = 1
+    augment = getattr(train_loader.dataset, "augment", None)  # albumentations: its own random generators
     saved = resume.store.load(resume.fold) if resume is not None else None
     if saved is not None:
         history = [(int(epoch), dict(metrics)) for epoch, metrics in saved["history"]]
@@ -236,7 +237,6 @@ def fit(
         scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
         train_loader.generator.set_state(saved["loader_rng"])
-        augment = getattr(train_loader.dataset, "augment", None)
         if augment is not None:
             set_augmentation_rng_state(augment, saved["augment_rng"])
         first_epoch = epoch + 1
@@ -288,7 +288,6 @@ def fit(
                 "train_images": train_images,
             }
             if not state["finished"]:  # a finished fold needs its best weights only
-                augment = getattr(train_loader.dataset, "augment", None)
                 state |= {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
