@@ -389,7 +389,7 @@ def main() -> None:
     }
     write_json(metrics, METRICS_FILE)
     store.finish()
-    rule_text = ", ".join(f"{k + 1}: p>={r.threshold:g} area>={r.min_area_px}" for k, r in enumerate(rules))
+    rule_text = ", ".join(f"{k + 1}: {rule.describe()}" for k, rule in enumerate(rules))
     holdout_text = f"{metrics['holdout_dice']:.4f}" if metrics["holdout_dice"] is not None else "n/a"
     print(
         f"segment: {params.folds} U-Net(s) on {params.backbone}; holdout Dice {holdout_text} over "

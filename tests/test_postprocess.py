@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from stages.core.metric import mask_dice
 from stages.core.postprocess import (
+    OFF_MIN_AREA_PX,
     Candidates,
     ClassRule,
     Gate,
@@ -221,6 +222,39 @@ def test_search_picks_the_known_best_rule() -> None:
     # image 0's confident 200 px defect stays.
     soft = Gate(np.ones((2, 2), bool), np.array([[1.0, 1.0], [0.1, 0.1]]))
     assert search_rules(candidates, areas, soft)[0][0] == ClassRule(0.4, 10)
+
+
+def test_a_class_every_rule_loses_on_is_switched_off() -> None:
+    shape = (20, 20)
+    # Three clean images, each with a confident 300 px false positive in both classes, and one defective
+    # image: class 1's defect is missed, class 2's (25 px) is found exactly. With min areas (0, 20)
+    # every rule keeps the false positives: class 1 scores 0, class 2 0.25; submitting nothing 0.75.
+    false_positive = blob(shape, slice(0, 15), slice(0, 20), 0.9)
+    defect = blob(shape, slice(0, 5), slice(0, 5))
+    probabilities = np.stack([np.stack([false_positive, false_positive])] * 3 + [np.zeros((2, *shape))])
+    truth = np.zeros_like(probabilities, dtype=np.uint8)
+    truth[3] = defect
+    probabilities[3, 1] = defect * 0.9
+    candidates = candidates_of(probabilities.astype(np.float32), truth, (0.3, 0.5))
+    rules, dice = search_rules(candidates, (0, 20))
+    assert rules == [ClassRule(0.3, OFF_MIN_AREA_PX)] * 2 and rules[0].off
+    assert rules[0].describe() == "off" and ClassRule(0.3, 20).describe() == "p>=0.3 area>=20"
+    np.testing.assert_allclose(dice, [0.75, 0.75])
+    # What the search reports is what the rules do: nothing of either class is kept, on any image.
+    np.testing.assert_allclose(pair_dice(candidates, rules).mean(axis=0), dice)
+    assert not select_masks(candidates.pred_area, candidates.thresholds, rules, Gate.open(4, 2)).any()
+    assert not apply_rules(probabilities[0].astype(np.float32), rules).any()
+
+    # Min area 301 wipes every mask: it ties with submitting nothing, and a tie keeps the grid's rule.
+    rules, dice = search_rules(candidates, (0, 20, 301))
+    assert rules == [ClassRule(0.3, 301)] * 2
+    np.testing.assert_allclose(dice, [0.75, 0.75])
+    # A class-2 defect as large as the image survives min area 301 while the false positives do not:
+    # the rule beats submitting nothing.
+    probabilities[3, 1] = 0.9
+    truth[3, 1] = 1
+    rules, dice = search_rules(candidates_of(probabilities.astype(np.float32), truth, (0.3, 0.5)), (0, 301))
+    assert rules[1] == ClassRule(0.3, 301) and dice[1] == pytest.approx(1.0)
 
 
 def test_search_and_application_agree_on_a_probability_equal_to_the_threshold() -> None:

@@ -24,11 +24,24 @@ from stages.core.errors import PipelineError
 from stages.core.inference_ops import GATING_MODES, Gate, gate_for, kept_masks, submitted_masks
 from stages.core.metric import dice_from_counts
 
+# The min area of a class the search switches off: no mask has that many pixels (an image has at most
+# 2**31 - 1 here), so the class is never submitted. A plain int so that rules.json and predict.py need
+# nothing special.
+OFF_MIN_AREA_PX = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class ClassRule:
     threshold: float
     min_area_px: int
+
+    @property
+    def off(self) -> bool:
+        """The class is never submitted: every rule of the grid did worse than no mask at all."""
+        return self.min_area_px >= OFF_MIN_AREA_PX
+
+    def describe(self) -> str:
+        return "off" if self.off else f"p>={self.threshold:g} area>={self.min_area_px}"
 
 
 def apply_rules(probabilities: np.ndarray, rules: Sequence[ClassRule], area_scale: float = 1.0) -> np.ndarray:
@@ -152,12 +165,21 @@ def search_rules(
 ) -> tuple[list[ClassRule], np.ndarray]:
     """Per class, the (threshold, min area) of the grid maximising the mean Dice over the images, with
     the masks the gate wipes counted as empty predictions. Ties: lowest threshold, then lowest min area.
-    Returns the rules and each class's best mean Dice."""
+    A class whose best rule still does worse than submitting none of its masks is switched off
+    (min area OFF_MIN_AREA_PX): a grid of min areas cannot wipe large false positives, and a class the
+    model cannot find must not cost more than the empty prediction. Returns the rules and each class's
+    best mean Dice."""
     scores = rule_scores(candidates, min_areas_px, gate)
     min_areas = np.sort(np.asarray(min_areas_px, dtype=np.float64))
+    # Dice of submitting nothing: 1 on the images without that class, 0 on the others.
+    off_dice = (candidates.truth_area == 0).mean(axis=0) if len(candidates.image_ids) else None
     rules, best_dice = [], []
     for k in range(scores.shape[0]):
         t, a = np.unravel_index(np.argmax(scores[k]), scores[k].shape)  # first maximum: lowest t, then a
+        if off_dice is not None and off_dice[k] > scores[k, t, a] + 1e-12:
+            rules.append(ClassRule(float(candidates.thresholds[0]), OFF_MIN_AREA_PX))
+            best_dice.append(off_dice[k])
+            continue
         rules.append(ClassRule(float(candidates.thresholds[t]), int(min_areas[a])))
         best_dice.append(scores[k, t, a])
     return rules, np.asarray(best_dice)
