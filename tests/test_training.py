@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from stages.classifier import ClassifierParams
-from stages.core.device import Runtime, resolve_runtime
+from stages.core.device import Runtime, autocast_dtype, needs_grad_scaler, resolve_runtime
 from stages.core.errors import PipelineError
 from stages.core.images import AugmentParams, CropSpec
 from stages.core.params import from_mapping
@@ -207,10 +207,48 @@ def test_unknown_devices_name_the_key(device: str) -> None:
 
 def test_auto_picks_cuda_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
     runtime = resolve_runtime("auto", True)
     assert runtime.device == torch.device("cuda") and runtime.amp and runtime.channels_last
     assert resolve_runtime("cuda:0", False).amp is False
+    assert torch.backends.cudnn.benchmark is True  # fixed input sizes: cuDNN picks its fastest kernels
+    assert runtime.amp_dtype == torch.float16 and runtime.pin_memory
+
+
+@pytest.mark.parametrize(
+    ("mixed_precision", "cuda", "bf16_supported", "dtype", "scaler"),
+    [
+        (True, True, True, torch.bfloat16, False),  # Ampere and later: bfloat16, no loss scaling
+        (True, True, False, torch.float16, True),  # older GPUs: float16 needs the grad scaler
+        (False, True, True, None, False),  # mixed precision off: float32
+        (True, False, True, None, False),  # never on CPU
+        (True, False, False, None, False),
+    ],
+)
+def test_precision_follows_the_gpu(
+    mixed_precision: bool, cuda: bool, bf16_supported: bool, dtype: torch.dtype | None, scaler: bool
+) -> None:
+    assert autocast_dtype(mixed_precision, cuda, bf16_supported) == dtype
+    assert needs_grad_scaler(dtype) is scaler
+    device = torch.device("cuda:0" if cuda else "cpu")
+    runtime = Runtime(device, mixed_precision and cuda, channels_last=cuda, bf16=bf16_supported)
+    assert runtime.amp_dtype == dtype and runtime.pin_memory is cuda
+
+
+def test_resolve_runtime_picks_bfloat16_on_a_gpu_that_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert resolve_runtime("cuda:1", True).amp_dtype == torch.bfloat16
+    assert resolve_runtime("cuda:1", False).amp_dtype is None
+
+
+def test_cpu_runtime_keeps_tensors_as_they_are() -> None:
+    runtime = resolve_runtime("cpu", True)
+    images, targets = torch.rand(2, 3, 4, 5), torch.rand(2, 4)
+    assert runtime.batch(images).is_contiguous() and runtime.tensor(targets) is targets
+    assert not runtime.pin_memory and runtime.amp_dtype is None
 
 
 # --- optimizers and schedulers ------------------------------------------------------------------------------

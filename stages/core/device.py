@@ -1,7 +1,11 @@
-"""All device logic in one place: which device, mixed precision, memory format, peak memory.
+"""All device logic in one place: which device, mixed precision, memory format, pinned memory, peak
+memory.
 
-CUDA paths (AMP, channels_last) only switch on when a CUDA device is in use; on CPU every helper is
-a no-op, so the same training code runs on a laptop and on a GPU.
+CUDA paths only switch on when a CUDA device is in use; on CPU every helper is a no-op, so the same
+training code runs on a laptop and on a GPU. On CUDA: bfloat16 autocast where the GPU supports it
+(Ampere and later; float32's exponent range, so no gradient scaling), float16 with the grad scaler
+otherwise; channels_last (NHWC, faster convolutions on tensor cores); cudnn.benchmark (fixed input
+sizes); pinned host memory for the loaders with non_blocking copies (overlap transfer and compute).
 """
 
 from __future__ import annotations
@@ -17,31 +21,62 @@ import torch
 from stages.core.errors import PipelineError
 
 
+def autocast_dtype(mixed_precision: bool, cuda: bool, bf16_supported: bool) -> torch.dtype | None:
+    """The autocast dtype, or None for float32: mixed precision only on CUDA; bfloat16 where the GPU
+    has it (same exponent range as float32: no overflow, no loss scaling), else float16."""
+    if not (mixed_precision and cuda):
+        return None
+    return torch.bfloat16 if bf16_supported else torch.float16
+
+
+def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
+    """float16 gradients underflow without loss scaling; bfloat16 and float32 do not need it."""
+    return dtype == torch.float16
+
+
+def pin_memory(device: torch.device) -> bool:
+    """Page-locked loader batches: asynchronous (non_blocking) host-to-GPU copies. Pointless on CPU."""
+    return device.type == "cuda"
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    amp: bool  # float16 autocast + gradient scaling, CUDA only
+    amp: bool  # autocast, CUDA only
     channels_last: bool  # NHWC memory format, faster convolutions on tensor cores
+    bf16: bool = False  # autocast in bfloat16 (the GPU supports it) rather than float16
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return autocast_dtype(self.amp, self.is_cuda, self.bf16)
+
+    @property
+    def pin_memory(self) -> bool:
+        return pin_memory(self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager[None]:
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        dtype = self.amp_dtype
+        return torch.autocast(device_type="cuda", dtype=dtype) if dtype else contextlib.nullcontext()
 
     def grad_scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler("cuda", enabled=self.amp)
+        return torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.amp_dtype))
 
     def model(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
+        # non_blocking: with pinned loader memory the copy overlaps the previous batch's compute.
         images = images.to(self.device, non_blocking=self.is_cuda)
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def tensor(self, values: torch.Tensor) -> torch.Tensor:
+        """Any other tensor (targets, weights) to the device, asynchronously from pinned memory."""
+        return values.to(self.device, non_blocking=self.is_cuda)
 
     def reset_peak_memory(self) -> None:
         if self.is_cuda:
@@ -70,7 +105,8 @@ def resolve_runtime(device: str, mixed_precision: bool, key: str = "device") -> 
     if resolved.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     cuda = resolved.type == "cuda"
-    return Runtime(device=resolved, amp=mixed_precision and cuda, channels_last=cuda)
+    amp = mixed_precision and cuda
+    return Runtime(resolved, amp, channels_last=cuda, bf16=amp and torch.cuda.is_bf16_supported())
 
 
 @contextlib.contextmanager

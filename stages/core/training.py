@@ -49,7 +49,7 @@ class TrainParams:
     folds: int = 1  # fold models to train; 1 = a single train/validation split (validate on fold 0)
     seed: int = 42
     device: str = "auto"  # auto: CUDA when present, else CPU
-    mixed_precision: bool = True  # float16 autocast, CUDA only
+    mixed_precision: bool = True  # autocast (bfloat16 where supported, else float16), CUDA only
     num_workers: int = 0
     # Training images drawn per epoch (reshuffled passes, so an image may be seen several times per epoch);
     # null: one pass over the training images. The training budget is max_epochs x this, in images seen,
@@ -245,7 +245,7 @@ def fit(
         started, total_loss, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(train_loader, desc=f"{name} epoch {epoch}", leave=False, disable=None, unit="batch")
         for images, targets in bar:
-            images, targets = runtime.batch(images), targets.to(runtime.device)
+            images, targets = runtime.batch(images), runtime.tensor(targets)
             optimizer.zero_grad(set_to_none=True)
             with runtime.autocast():
                 loss = loss_fn(model(images), targets)
