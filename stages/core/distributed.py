@@ -121,12 +121,13 @@ class Group:
     def check_identical(self, state: Mapping[str, torch.Tensor], name: str) -> str:
         """The state's digest, after checking that every rank holds exactly the same one (DDP keeps the
         replicas in step; a difference is a bug, better found here than in the outputs)."""
-        digest = state_digest(state)
-        digests = self.all_gather(digest)
-        different = [rank for rank, other in enumerate(digests) if other != digest]
-        if different:
-            raise PipelineError(f"{name}: the weights of rank {self.rank} differ from rank(s) {different}")
-        return digest
+        digests = self.all_gather(state_digest(state))
+        if len(set(digests)) > 1:  # the same line on every rank: the launcher shows it once
+            raise PipelineError(
+                f"{name}: the {self.world} processes ended with different weights (sha256 by rank: "
+                f"{', '.join(digest[:12] for digest in digests)})"
+            )
+        return digests[self.rank]
 
     def in_order(
         self, local: Iterable[tuple[str, T]], image_ids: Sequence[str], chunk: int
