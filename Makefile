@@ -38,6 +38,7 @@ clean-venv:
 
 # The real-data GPU profile (README "Real data on a GPU"): make real DATA=/path/to/competition/folder
 DATA ?=
+GPUS ?= 1
 real: $(STAMP)
 	@test -n "$(DATA)" || { echo "error: set DATA=/path/to/severstal-steel-defect-detection" >&2; exit 2; }
 	@test -f "$(DATA)/train.csv" || { echo "error: $(DATA)/train.csv not found" >&2; exit 2; }
@@ -53,4 +54,6 @@ real: $(STAMP)
 	  -S 'segment.decoder_channels=[256,128,64,32,16]' \
 	  -S 'segment.min_areas_px=[0,600,1000,2000,3000,4000]' \
 	  -S 'postprocess.min_areas_px=[0,600,1000,2000,3000,4000]' \
+	  -S classifier.nproc_per_node=$(GPUS) -S score_train.nproc_per_node=$(GPUS) \
+	  -S segment.nproc_per_node=$(GPUS) \
 	  -S bundle.device=auto

@@ -4,13 +4,15 @@ allMissing = P(image has no defect of any class). With `head: multilabel` the cl
 presence probability per defect class, p_k = P(class k is in the image). Outputs
 models/classifier/fold_<k>.pt (self-describing checkpoints), data/test_missing_count.csv (ImageId,
 allMissing [, p_1 ... p_K], averaged over the fold models), data/classifier_metrics.json and dvclive
-curves in data/live/classifier/.
+curves in data/live/classifier/. With `nproc_per_node` > 1 it runs under torchrun (stages.core.distributed):
+the processes share the training draws, the validation and the test images; rank 0 writes every output.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from stages.core import cli
 from stages.core.device import Runtime, inference, resolve_runtime
+from stages.core.distributed import interleave, run_under_torchrun
 from stages.core.images import ImageTable, build_augmentations, classifier_targets
 from stages.core.inference import classifier_probabilities
 from stages.core.io import atomic_path, write_csv, write_json
@@ -61,14 +64,20 @@ class ClassifierParams(TrainParams):
 
 def evaluate_classifier(model: nn.Module, loader: DataLoader, runtime: Runtime) -> dict[str, float]:
     """Validation loss (BCE over the output columns), AUC and accuracy at 0.5 of allMissing, and with a
-    multilabel head the AUC of each class's presence."""
+    multilabel head the AUC of each class's presence. Under torchrun the loader holds this rank's strided
+    shard: the logits of every rank are gathered back into the validation order (the AUC needs them
+    all), so that every rank computes the metrics of the whole validation set."""
     model.eval()
-    logits, labels = [], []
+    outputs = getattr(model, "outputs", 1)
+    logits, labels = [torch.empty((0, outputs))], [torch.empty((0, outputs))]  # an empty shard too
     with inference(runtime):
         for images, targets in loader:
             logits.append(model(runtime.batch(images)).float().cpu())
             labels.append(targets)
     logit, label = torch.cat(logits), torch.cat(labels)
+    if runtime.group.distributed:
+        parts = runtime.group.all_gather((logit, label))
+        logit, label = (torch.from_numpy(interleave([part[i].numpy() for part in parts])) for i in (0, 1))
     probability, truth = torch.sigmoid(logit).numpy(), label.numpy() >= 0.5
     metrics = {
         "loss": float(nn.functional.binary_cross_entropy_with_logits(logit, label)),
@@ -125,9 +134,11 @@ def score_table(image_ids: pd.Series, probabilities: np.ndarray) -> pd.DataFrame
 
 def main() -> None:
     params = load_section(ClassifierParams, "classifier")
+    run_under_torchrun("stages.classifier", params.nproc_per_node, "classifier.nproc_per_node")
     prepared = load_prepared()
     params.check_folds("classifier", prepared.n_folds)
     runtime = resolve_runtime(params.device, params.mixed_precision, "classifier.device")
+    main_rank = runtime.group.is_main
     config = {
         "backbone": params.backbone,
         "dropout": params.dropout,
@@ -138,19 +149,25 @@ def main() -> None:
     started = time.perf_counter()
     runtime.reset_peak_memory()
     task = classifier_task(params, prepared, runtime)
-    # A killed run continues from its last finished epoch (see stages/core/resume.py).
-    store = ResumeStore.open("classifier", resume_key(params, [PREPARED_DIR], [prepared.train_images]))
+    # A killed run continues from its last finished epoch (see stages/core/resume.py); the number of
+    # processes is part of the key, as it changes the training.
+    key = resume_key(
+        {**asdict(params), "world": runtime.group.world}, [PREPARED_DIR], [prepared.train_images]
+    )
+    store = ResumeStore.open("classifier", key, remove_stale=main_rank)
     # dvclive empties its folder when it starts: it logs to a temporary one, which replaces the previous
-    # curves only when the stage succeeds.
-    with (
-        atomic_path(LIVE_DIR, directory=True) as live_dir,
-        atomic_path(MODEL_DIR, directory=True) as model_dir,
-    ):
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    # curves only when the stage succeeds. Under torchrun only rank 0 logs and writes.
+    with ExitStack() as outputs:
+        live = None
+        if main_rank:
+            live_dir = outputs.enter_context(atomic_path(LIVE_DIR, directory=True))
+            model_dir = outputs.enter_context(atomic_path(MODEL_DIR, directory=True))
+            live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
         fold_models = train_folds(task, params, prepared.train, runtime, live, store)
-        for fold_model in fold_models:
-            path = model_dir / f"fold_{fold_model.fold}.pt"
-            save_checkpoint(path, fold_model.model, config, fold_model.checkpoint_extra(params))
+        if main_rank:
+            for fold_model in fold_models:
+                path = model_dir / f"fold_{fold_model.fold}.pt"
+                save_checkpoint(path, fold_model.model, config, fold_model.checkpoint_extra(params))
         test_scores = classifier_probabilities(
             [fold_model.model for fold_model in fold_models],
             prepared.test,
@@ -160,8 +177,11 @@ def main() -> None:
             params.batch_size,
             params.num_workers,
         )
-        live.make_summary()
-        live.end()
+        if live is not None:
+            live.make_summary()
+            live.end()
+    if not main_rank:
+        return
     write_csv(score_table(prepared.test["ImageId"], test_scores), TEST_SCORES)
     names = ("loss", "auc", "accuracy", *(f"auc_{k}" for k in range(1, test_scores.shape[1])))
     fold_metrics = {str(m.fold): m.metrics(names) for m in fold_models}
@@ -181,6 +201,7 @@ def main() -> None:
         "wall_time_s": round(time.perf_counter() - started, 1),
         "peak_memory_mb": round(runtime.peak_memory_mb(), 1),
         "device": str(runtime.device),
+        "processes": runtime.group.world,
         "folds": fold_metrics,
     }
     write_json(metrics, METRICS_FILE)

@@ -5,6 +5,7 @@ is chosen on honest scores. Images no fold model held out (when fewer folds were
 prepared) are scored by the average of all models and flagged out_of_fold = False.
 Output data/train_missing_count.csv: ImageId, allMissing, has_defect, fold, out_of_fold, and with a
 multilabel classifier p_1 ... p_K (each class's presence probability, out-of-fold in the same way).
+With `nproc_per_node` > 1 it runs under torchrun: each process scores its share of the images, rank 0 writes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 
 from stages.core import cli
 from stages.core.device import resolve_runtime
+from stages.core.distributed import run_under_torchrun
 from stages.core.errors import PipelineError
 from stages.core.inference import classifier_probabilities
 from stages.core.io import write_csv
@@ -34,14 +36,19 @@ class ScoreTrainParams:
     device: str = "auto"
     mixed_precision: bool = True
     num_workers: int = 0
+    nproc_per_node: int = 1  # > 1: under torchrun, each process scores a share of the images
 
     def validate(self, section: str) -> None:
         require(self.batch_size >= 1, f"{section}.batch_size", "must be at least 1", self.batch_size)
         require(self.num_workers >= 0, f"{section}.num_workers", "must be >= 0", self.num_workers)
+        require(
+            self.nproc_per_node >= 1, f"{section}.nproc_per_node", "must be at least 1", self.nproc_per_node
+        )
 
 
 def main() -> None:
     params = load_section(ScoreTrainParams, "score_train")
+    run_under_torchrun("stages.score_train", params.nproc_per_node, "score_train.nproc_per_node")
     prepared = load_prepared()
     runtime = resolve_runtime(params.device, params.mixed_precision, "score_train.device")
     paths = sorted(MODEL_DIR.glob("fold_*.pt"))
@@ -83,6 +90,8 @@ def main() -> None:
             params.batch_size,
             params.num_workers,
         )
+    if not runtime.group.is_main:
+        return
     table = pd.DataFrame(
         {
             "ImageId": train["ImageId"],

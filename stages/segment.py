@@ -15,12 +15,17 @@ without gating. Writes:
   data/submission_raw.csv          the U-Net alone with its ungated rules, in the sample's format
   data/segment_metrics.json        validation Dice per class, chosen rules, timing and memory
   data/plots/segment/*.png         a few holdout images, truth vs prediction per class
+With `nproc_per_node` > 1 it runs under torchrun (stages.core.distributed): the processes share the training
+draws and the validation, holdout and test images; rank 0 gathers the predictions by image and writes every
+output, in the order one process writes it.
 """
 
 from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,6 +42,7 @@ from torch.utils.data import DataLoader
 from stages.core import cli, rle
 from stages.core.dataset import SubmissionWriter
 from stages.core.device import Runtime, inference, resolve_runtime
+from stages.core.distributed import run_under_torchrun
 from stages.core.errors import PipelineError
 from stages.core.images import CropSpec, ImageTable, build_augmentations, decode_masks, read_image
 from stages.core.inference import predict_probabilities
@@ -176,21 +182,23 @@ class BCEDiceLoss(nn.Module):
 
 
 def evaluate_segmentation(
-    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, runtime: Runtime
+    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, runtime: Runtime, num_classes: int
 ) -> dict[str, float]:
     """Validation loss and competition Dice per class at probability 0.5, on whole images at the input
-    size (the prediction scale)."""
+    size (the prediction scale). Under torchrun the loader holds this rank's shard, and the sums are
+    reduced over the ranks: every rank gets the metrics of the whole validation set."""
     model.eval()
-    total_loss, seen, dice = 0.0, 0, []
+    total_loss, seen, dice_sums = 0.0, 0, 0.0
     with inference(runtime):
         for images, masks in loader:
             logits = model(runtime.batch(images)).float().cpu()
             total_loss += float(loss_fn(logits, masks)) * len(images)
             seen += len(images)
-            dice.append(mask_dice(logits.numpy() > 0, masks.numpy() > 0.5))
-    per_pair = np.concatenate(dice)
-    metrics = {"loss": total_loss / max(seen, 1), "dice": float(per_pair.mean())}
-    metrics.update({f"dice_{k + 1}": float(v) for k, v in enumerate(per_pair.mean(axis=0))})
+            dice_sums = dice_sums + mask_dice(logits.numpy() > 0, masks.numpy() > 0.5).sum(axis=0)
+    sums = runtime.group.sum([total_loss, seen, *np.broadcast_to(dice_sums, (num_classes,))])
+    total_loss, seen, per_class = sums[0], sums[1], np.asarray(sums[2:]) / max(sums[1], 1)
+    metrics = {"loss": total_loss / max(seen, 1), "dice": float(per_class.mean())}
+    metrics.update({f"dice_{k + 1}": float(v) for k, v in enumerate(per_class)})
     return metrics
 
 
@@ -217,7 +225,7 @@ def segment_task(params: SegmentParams, prepared: Prepared, runtime: Runtime) ->
         train_set=train_set,
         val_set=lambda rows: ImageTable(rows, folder, params.input_size, "masks", num_classes),
         loss_fn=loss_fn,
-        evaluate=lambda model, loader: evaluate_segmentation(model, loader, loss_fn, runtime),
+        evaluate=lambda model, loader: evaluate_segmentation(model, loader, loss_fn, runtime, num_classes),
         select_train_rows=select,
         sample_weights=(lambda rows: class_balance_weights(rows, num_classes, params.class_balance))
         if params.class_balance > 0
@@ -225,40 +233,36 @@ def segment_task(params: SegmentParams, prepared: Prepared, runtime: Runtime) ->
     )
 
 
+HoldoutImage = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]
+
+
 def holdout_candidates(
     params: SegmentParams, prepared: Prepared, runtime: Runtime, fold_models: list[FoldModel]
-) -> tuple[Candidates, dict[str, tuple[np.ndarray, np.ndarray]]]:
+) -> tuple[Candidates, dict[str, tuple[np.ndarray, np.ndarray]]] | None:
     """Each fold model predicts its own holdout images; returns their candidate counts at the original
-    size, and the probabilities and truth of the first few (defective first) for the plots."""
-    train, num_classes = prepared.train, prepared.num_classes
-    rle_columns = [f"rle_{c}" for c in range(1, num_classes + 1)]
-    holdout = train[train["fold"] < params.folds]
+    size, and the probabilities and truth of the first few (defective first) for the plots. Under torchrun
+    each rank predicts its shard, and rank 0 gets every image's counts, in the order one process has them
+    (up to float noise: see classifier_probabilities); the other ranks get None."""
+    group, num_classes = runtime.group, prepared.num_classes
+    holdout = prepared.train[prepared.train["fold"] < params.folds]
     plotted = set(
         holdout.sort_values("has_defect", ascending=False, kind="stable")["ImageId"][: params.plot_images]
     )
     image_ids, areas, intersections, truth_areas, kept = [], [], [], [], {}
     for fold_model in fold_models:
         rows = holdout[holdout["fold"] == fold_model.fold].set_index("ImageId", drop=False)
-        for image_id, probabilities in predict_probabilities(
-            [fold_model.model],
-            rows,
-            prepared.train_images,
-            params.input_size,
-            runtime,
-            params.predict_batch_size,
-            params.tta,
-            params.num_workers,
+        counted = _holdout_counts(params, prepared, runtime, fold_model.model, group.shard(rows), plotted)
+        for image_id, (area, intersection, truth_area, shown) in group.in_order(
+            counted, rows["ImageId"].tolist(), params.predict_batch_size
         ):
-            original = (int(rows.at[image_id, "height"]), int(rows.at[image_id, "width"]))
-            truth = decode_masks(rows.loc[image_id, rle_columns].tolist(), original, original)
-            truth = truth.transpose(2, 0, 1)
-            area, intersection = candidate_counts(probabilities, params.thresholds, truth)
             image_ids.append(image_id)
             areas.append(area)
             intersections.append(intersection)
-            truth_areas.append(truth.reshape(num_classes, -1).sum(axis=1))
-            if image_id in plotted:
-                kept[image_id] = (probabilities, truth)
+            truth_areas.append(truth_area)
+            if shown is not None:
+                kept[image_id] = shown
+    if not group.is_main:
+        return None
     order = np.argsort(params.thresholds)
     shape = (0, num_classes, len(order))
     candidates = Candidates(
@@ -269,6 +273,38 @@ def holdout_candidates(
         np.stack(truth_areas) if truth_areas else np.zeros(shape[:2], np.int64),
     )
     return candidates, kept
+
+
+def _holdout_counts(
+    params: SegmentParams,
+    prepared: Prepared,
+    runtime: Runtime,
+    model: nn.Module,
+    rows: pd.DataFrame,
+    plotted: set[str],
+) -> Iterator[tuple[str, HoldoutImage]]:
+    """Per holdout image of `rows` (indexed by ImageId): candidate areas and intersections with the truth
+    per class and threshold, the truth's areas, and for the plotted images the probabilities and truth."""
+    rle_columns = [f"rle_{c}" for c in range(1, prepared.num_classes + 1)]
+    for image_id, probabilities in predict_probabilities(
+        [model],
+        rows,
+        prepared.train_images,
+        params.input_size,
+        runtime,
+        params.predict_batch_size,
+        params.tta,
+        params.num_workers,
+    ):
+        original = (int(rows.at[image_id, "height"]), int(rows.at[image_id, "width"]))
+        truth = decode_masks(rows.loc[image_id, rle_columns].tolist(), original, original)
+        truth = truth.transpose(2, 0, 1)
+        area, intersection = candidate_counts(probabilities, params.thresholds, truth)
+        truth_area = truth.reshape(prepared.num_classes, -1).sum(axis=1)
+        yield (
+            image_id,
+            (area, intersection, truth_area, (probabilities, truth) if image_id in plotted else None),
+        )
 
 
 def write_plots(prepared: Prepared, plotted: dict[str, tuple[np.ndarray, np.ndarray]], rules: list) -> None:
@@ -286,9 +322,18 @@ def write_plots(prepared: Prepared, plotted: dict[str, tuple[np.ndarray, np.ndar
 def predict_test(
     params: SegmentParams, prepared: Prepared, runtime: Runtime, models: list[nn.Module], rules: list
 ) -> None:
-    """Test candidates of every threshold (non-empty masks only) and the raw submission, in one pass."""
-    thresholds = np.asarray(params.thresholds, dtype=np.float64)
-    columns = [int(np.flatnonzero(thresholds == rule.threshold)[0]) for rule in rules]
+    """Test candidates of every threshold (non-empty masks only) and the raw submission, in one pass. Under
+    torchrun each rank predicts its shard and rank 0 writes every image's rows in the test table's order."""
+    group = runtime.group
+    predicted = group.in_order(
+        _test_rows(params, prepared, runtime, models, rules, group.shard(prepared.test)),
+        prepared.test["ImageId"].tolist(),
+        params.predict_batch_size,
+    )
+    if not group.is_main:
+        for _ in predicted:  # takes part in every gather; rank 0 writes
+            pass
+        return
     with (
         atomic_path(TEST_CANDIDATES) as tmp,
         tmp.open("w", newline="", encoding="utf-8") as handle,
@@ -296,56 +341,50 @@ def predict_test(
     ):
         table = csv.writer(handle, lineterminator="\n")
         table.writerow(["ImageId", "ClassId", "threshold", "area", "EncodedPixels"])
-        for image_id, probabilities in predict_probabilities(
-            models,
-            prepared.test,
-            prepared.test_images,
-            params.input_size,
-            runtime,
-            params.predict_batch_size,
-            params.tta,
-            params.num_workers,
-        ):
-            submitted = []
-            for k, rule in enumerate(rules):
-                chosen = ""
-                for t, threshold in enumerate(thresholds):
-                    mask = class_mask(probabilities[k], threshold)
-                    area = int(np.count_nonzero(mask))
-                    if area == 0:
-                        continue
-                    encoded = rle.encode(mask)
-                    table.writerow([image_id, k + 1, threshold, area, encoded])
-                    if t == columns[k] and area >= rule.min_area_px:
-                        chosen = encoded
-                submitted.append(chosen)
+        for image_id, (rows, submitted) in predicted:
+            table.writerows(rows)
             writer.write(image_id, submitted)
 
 
-def main() -> None:
-    params = load_section(SegmentParams, "segment")
-    prepared = load_prepared()
-    params.check_folds("segment", prepared.n_folds)
-    runtime = resolve_runtime(params.device, params.mixed_precision, "segment.device")
-    started = time.perf_counter()
-    runtime.reset_peak_memory()
-    # A killed run continues from its last finished epoch (see stages/core/resume.py).
-    store = ResumeStore.open("segment", resume_key(params, [PREPARED_DIR], [prepared.train_images]))
-    # dvclive empties its folder when it starts: it logs to a temporary one, which replaces the previous
-    # curves only when the stage succeeds (stages.core.cli.run commits the outputs together).
-    with atomic_path(LIVE_DIR, directory=True) as live_dir:
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-        task = segment_task(params, prepared, runtime)
-        fold_models = train_folds(task, params, prepared.train, runtime, live, store)
-        live.make_summary()
-        live.end()
-    training_seconds = time.perf_counter() - started
+def _test_rows(
+    params: SegmentParams,
+    prepared: Prepared,
+    runtime: Runtime,
+    models: list[nn.Module],
+    rules: list,
+    test: pd.DataFrame,
+) -> Iterator[tuple[str, tuple[list[list], list[str]]]]:
+    """Per test image of `test`: its candidate rows (ImageId, ClassId, threshold, area, RLE) and the RLE
+    per class that the rules submit."""
+    thresholds = np.asarray(params.thresholds, dtype=np.float64)
+    columns = [int(np.flatnonzero(thresholds == rule.threshold)[0]) for rule in rules]
+    for image_id, probabilities in predict_probabilities(
+        models,
+        test,
+        prepared.test_images,
+        params.input_size,
+        runtime,
+        params.predict_batch_size,
+        params.tta,
+        params.num_workers,
+    ):
+        rows, submitted = [], []
+        for k, rule in enumerate(rules):
+            chosen = ""
+            for t, threshold in enumerate(thresholds):
+                mask = class_mask(probabilities[k], threshold)
+                area = int(np.count_nonzero(mask))
+                if area == 0:
+                    continue
+                encoded = rle.encode(mask)
+                rows.append([image_id, k + 1, threshold, area, encoded])
+                if t == columns[k] and area >= rule.min_area_px:
+                    chosen = encoded
+            submitted.append(chosen)
+        yield image_id, (rows, submitted)
 
-    candidates, plotted = holdout_candidates(params, prepared, runtime, fold_models)
-    rules, rule_dice = search_rules(candidates, params.min_areas_px)
-    write_csv(candidates.to_frame(), HOLDOUT_CANDIDATES)
-    write_plots(prepared, plotted, rules)
-    dice = pair_dice(candidates, rules)
+
+def save_unets(params: SegmentParams, prepared: Prepared, fold_models: list[FoldModel], rules: list) -> None:
     config = {
         "encoder": params.backbone,
         "decoder_channels": list(params.decoder_channels),
@@ -356,11 +395,55 @@ def main() -> None:
         for fold_model in fold_models:
             extra = {**fold_model.checkpoint_extra(params), "rules": [asdict(rule) for rule in rules]}
             save_checkpoint(model_dir / f"fold_{fold_model.fold}.pt", fold_model.model, config, extra)
+
+
+def main() -> None:
+    params = load_section(SegmentParams, "segment")
+    run_under_torchrun("stages.segment", params.nproc_per_node, "segment.nproc_per_node")
+    prepared = load_prepared()
+    params.check_folds("segment", prepared.n_folds)
+    runtime = resolve_runtime(params.device, params.mixed_precision, "segment.device")
+    main_rank = runtime.group.is_main
+    started = time.perf_counter()
+    runtime.reset_peak_memory()
+    # A killed run continues from its last finished epoch (see stages/core/resume.py); the number of
+    # processes is part of the key, as it changes the training.
+    key = resume_key(
+        {**asdict(params), "world": runtime.group.world}, [PREPARED_DIR], [prepared.train_images]
+    )
+    store = ResumeStore.open("segment", key, remove_stale=main_rank)
+    # dvclive empties its folder when it starts: it logs to a temporary one, which replaces the previous
+    # curves only when the stage succeeds (stages.core.cli.run commits the outputs together). Under
+    # torchrun only rank 0 logs and writes.
+    with ExitStack() as outputs:
+        live = None
+        if main_rank:
+            live_dir = outputs.enter_context(atomic_path(LIVE_DIR, directory=True))
+            live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+        task = segment_task(params, prepared, runtime)
+        fold_models = train_folds(task, params, prepared.train, runtime, live, store)
+        if live is not None:
+            live.make_summary()
+            live.end()
+    training_seconds = time.perf_counter() - started
+
+    found = holdout_candidates(params, prepared, runtime, fold_models)
+    rules: list = []
+    if found is not None:  # rank 0: the rules, the holdout outputs and the checkpoints
+        candidates, plotted = found
+        rules, rule_dice = search_rules(candidates, params.min_areas_px)
+        write_csv(candidates.to_frame(), HOLDOUT_CANDIDATES)
+        write_plots(prepared, plotted, rules)
+        dice = pair_dice(candidates, rules)
+        save_unets(params, prepared, fold_models, rules)
+    rules = runtime.group.broadcast(rules)  # every rank predicts the test images with rank 0's rules
     holdout_seconds = time.perf_counter() - started - training_seconds
 
     predicted = time.perf_counter()
     predict_test(params, prepared, runtime, [fold_model.model for fold_model in fold_models], rules)
     test_seconds = time.perf_counter() - predicted
+    if not main_rank:
+        return
 
     names = ("loss", "dice", *(f"dice_{k}" for k in range(1, prepared.num_classes + 1)))
     fold_metrics = {str(m.fold): m.metrics(names) for m in fold_models}
@@ -385,6 +468,7 @@ def main() -> None:
         "wall_time_s": round(time.perf_counter() - started, 1),
         "peak_memory_mb": round(runtime.peak_memory_mb(), 1),
         "device": str(runtime.device),
+        "processes": runtime.group.world,
         "folds": fold_metrics,
     }
     write_json(metrics, METRICS_FILE)

@@ -1,5 +1,5 @@
 """All device logic in one place: which device, mixed precision, memory format, pinned memory, peak
-memory.
+memory, and the processes sharing the work (stages.core.distributed: one, or torchrun's).
 
 CUDA paths only switch on when a CUDA device is in use; on CPU every helper is a no-op, so the same
 training code runs on a laptop and on a GPU. On CUDA: bfloat16 autocast where the GPU supports it
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stages.core.distributed import SINGLE, Group, group_from_env, join
 from stages.core.errors import PipelineError
 
 
@@ -45,6 +46,7 @@ class Runtime:
     amp: bool  # autocast, CUDA only
     channels_last: bool  # NHWC memory format, faster convolutions on tensor cores
     bf16: bool = False  # autocast in bfloat16 (the GPU supports it) rather than float16
+    group: Group = SINGLE  # the processes running the stage together (torchrun), one by default
 
     @property
     def is_cuda(self) -> bool:
@@ -91,7 +93,10 @@ class Runtime:
 
 
 def resolve_runtime(device: str, mixed_precision: bool, key: str = "device") -> Runtime:
-    """`device`: auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    """`device`: auto (CUDA when present, else CPU), cpu, cuda or cuda:N. Under torchrun with several
+    processes, `cuda` (and auto on a GPU machine) is cuda:LOCAL_RANK, each process its own GPU, and the
+    process group is joined here (NCCL on CUDA, gloo on CPU)."""
+    group = group_from_env()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -102,11 +107,35 @@ def resolve_runtime(device: str, mixed_precision: bool, key: str = "device") -> 
         raise PipelineError(f"params: {key} is {device!r} but no CUDA device is available; use auto or cpu")
     if resolved.type not in ("cpu", "cuda"):
         raise PipelineError(f"params: {key} must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if resolved.type == "cuda" and group.local_world > 1:
+        resolved = _local_gpu(resolved, group, device, key)
     if resolved.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     cuda = resolved.type == "cuda"
     amp = mixed_precision and cuda
-    return Runtime(resolved, amp, channels_last=cuda, bf16=amp and torch.cuda.is_bf16_supported())
+    return Runtime(
+        device=resolved,
+        amp=amp,
+        channels_last=cuda,
+        bf16=amp and torch.cuda.is_bf16_supported(),
+        group=join(group, resolved),
+    )
+
+
+def _local_gpu(resolved: torch.device, group: Group, device: str, key: str) -> torch.device:
+    """cuda:LOCAL_RANK for one of several processes on a node: one GPU each."""
+    if resolved.index is not None:
+        raise PipelineError(
+            f"params: {key} is {device!r}, one GPU for the {group.local_world} processes of this node; use "
+            "cuda or auto (process k takes cuda:k)"
+        )
+    count = torch.cuda.device_count()
+    if group.local_rank >= count:
+        raise PipelineError(
+            f"params: {key} is {device!r} for {group.local_world} processes on this node (nproc_per_node), "
+            f"but only {count} CUDA device(s) are visible: one process per GPU"
+        )
+    return torch.device("cuda", group.local_rank)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Batched, streaming model inference over an image table (memory does not grow with the table)."""
+"""Batched, streaming model inference over an image table (memory does not grow with the table). Under
+torchrun each rank predicts its strided shard of the table (stages.core.distributed)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from stages.core.device import Runtime, inference
+from stages.core.distributed import ordered_by_id
 from stages.core.images import ImageTable
 from stages.core.inference_ops import classifier_probabilities as batch_probabilities
 from stages.core.inference_ops import flip_tta_probabilities, upsample
@@ -36,7 +38,29 @@ def classifier_probabilities(
     num_workers: int = 0,
 ) -> np.ndarray:
     """(N, C) sigmoid probabilities of the classifier's columns per row (column 0 allMissing = P(no
-    defect), then P(class k present) for a multilabel head), averaged over the given models."""
+    defect), then P(class k present) for a multilabel head), averaged over the given models. Under
+    torchrun each rank scores its shard and every rank returns the whole table's, gathered by ImageId (as
+    one process would give them, up to float noise: a shard's batches hold other images, and a batch's
+    size and content can change the last bits of a convolution's result)."""
+    group = runtime.group
+    if not group.distributed:
+        return _probabilities(models, table, folder, size, runtime, batch_size, num_workers)
+    shard = group.shard(table)
+    local = _probabilities(models, shard, folder, size, runtime, batch_size, num_workers)
+    parts = group.all_gather(list(zip(shard["ImageId"], local, strict=True)))
+    rows = ordered_by_id(table["ImageId"].tolist(), parts)
+    return np.stack(rows) if rows else local
+
+
+def _probabilities(
+    models: Sequence[nn.Module],
+    table: pd.DataFrame,
+    folder: Path,
+    size: tuple[int, int],
+    runtime: Runtime,
+    batch_size: int,
+    num_workers: int,
+) -> np.ndarray:
     models = [runtime.model(model).eval() for model in models]
     result: np.ndarray | None = None
     with inference(runtime):

@@ -6,6 +6,7 @@ metrics) in `.resume/<stage>-<key>/` (git-ignored). It is not a DVC output on pu
 stage's outputs before running it, and a `persist: true` output would switch off the stage's run-cache.
 `key` hashes the stage's params, its input files and the project's code, so a state saved under other
 params, data or code is never reused; the folder is removed once the stage has written its outputs.
+Under torchrun rank 0 alone reads and writes the states, and sends them to the other ranks (fit()).
 """
 
 from __future__ import annotations
@@ -100,11 +101,12 @@ class ResumeStore:
     folder: Path
 
     @classmethod
-    def open(cls, stage: str, key: str, root: Path = RESUME_ROOT) -> ResumeStore:
+    def open(cls, stage: str, key: str, root: Path = RESUME_ROOT, remove_stale: bool = True) -> ResumeStore:
         """The folder for (stage, key); states of the same stage under another key are stale (other
-        params, data or code) and are removed."""
+        params, data or code) and are removed (unless not `remove_stale`: the ranks other than 0 under
+        torchrun, which never touch the files)."""
         folder = root / f"{stage}-{key}"
-        for stale in sorted(root.glob(f"{stage}-*")) if root.is_dir() else []:
+        for stale in sorted(root.glob(f"{stage}-*")) if root.is_dir() and remove_stale else []:
             if stale != folder and stale.is_dir():
                 print(f"{stage}: removing resume state {stale} (saved under other params, data or code)")
                 shutil.rmtree(stale, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 Early stopping on validation loss (at least min_epochs, at most max_epochs, stop after `patience` epochs
 without improvement), the best checkpoint kept (not the last), a progress bar over batches, one log
-line per epoch and dvclive curves per fold.
+line per epoch and dvclive curves per fold. Under torchrun (stages.core.distributed) each rank trains on
+its share of every epoch's draws and validates on its share of the images; the metrics are reduced over
+the ranks, and rank 0 alone logs and saves the resume states.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 from tqdm import tqdm
 
 from stages.core.device import Runtime
+from stages.core.distributed import SINGLE, Group, RankSlice, augment_seed
 from stages.core.images import AugmentParams, augmentation_rng_state, set_augmentation_rng_state
 from stages.core.params import require
 from stages.core.resume import ResumeStore, rng_state, set_rng_state
@@ -55,6 +58,9 @@ class TrainParams:
     # null: one pass over the training images. The training budget is max_epochs x this, in images seen,
     # so that a small dataset still gets enough optimisation steps.
     images_per_epoch: int | None = None
+    # Processes (GPUs) on this node: > 1 runs the stage under torchrun with DistributedDataParallel.
+    # batch_size is per process; images_per_epoch is shared out among them.
+    nproc_per_node: int = 1
     augment: AugmentParams = field(default_factory=AugmentParams)
 
     def validate(self, section: str) -> None:
@@ -76,6 +82,9 @@ class TrainParams:
         require(self.weight_decay >= 0, f"{section}.weight_decay", "must be >= 0", self.weight_decay)
         require(self.folds >= 1, f"{section}.folds", "must be at least 1", self.folds)
         require(self.num_workers >= 0, f"{section}.num_workers", "must be >= 0", self.num_workers)
+        require(
+            self.nproc_per_node >= 1, f"{section}.nproc_per_node", "must be at least 1", self.nproc_per_node
+        )
         if self.images_per_epoch is not None:
             require(
                 self.images_per_epoch >= 1,
@@ -127,11 +136,13 @@ def make_loader(
     seed: int = 0,
     samples: int | None = None,
     weights: np.ndarray | None = None,
+    group: Group = SINGLE,
 ) -> DataLoader:
     """A loader in dataset order, or shuffled; `samples` (with shuffle) draws that many items per pass
     over the loader, as consecutive random permutations of the dataset (no item twice before all once);
     `weights` (with shuffle) draws `samples` items (default: the dataset's size) with replacement, item i
-    with probability weights[i]."""
+    with probability weights[i]. Shuffled, with several processes in `group`: each pass's draws are made
+    once with the shared seed and each rank takes its strided slice of them."""
     generator = torch.Generator().manual_seed(seed)
     sampler: Sampler | None = None
     if shuffle and weights is not None:
@@ -139,6 +150,9 @@ def make_loader(
         sampler = WeightedRandomSampler(weights.tolist(), draws, replacement=True, generator=generator)
     elif shuffle and samples is not None:
         sampler = RandomSampler(dataset, replacement=False, num_samples=samples, generator=generator)
+    if shuffle and group.distributed:
+        # The sampler DataLoader(shuffle=True) would make, made here to be sliced.
+        sampler = RankSlice(sampler or RandomSampler(dataset, generator=generator), group.rank, group.world)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -209,7 +223,11 @@ def fit(
 ) -> FitResult:
     """Train with early stopping on validation loss; return the best epoch's weights and metrics. With
     `resume`, the state is saved after every epoch, and a saved state is continued from (its logged
-    epochs replayed through `log_epoch`, so the curves are whole)."""
+    epochs replayed through `log_epoch`, so the curves are whole). Under torchrun every rank calls fit()
+    with its own loaders (its share of the draws and of the validation images): the model trains
+    DDP-wrapped, `evaluate` reduces its metrics over the ranks, and rank 0 alone reads and writes the
+    resume state (the others receive it)."""
+    group = runtime.group
     optimizer = make_optimizer(params, model)
     scheduler = make_scheduler(params, optimizer)
     scaler = runtime.grad_scaler()
@@ -218,7 +236,9 @@ def fit(
     history: list[tuple[int, dict[str, float]]] = []
     first_epoch = 1
     augment = getattr(train_loader.dataset, "augment", None)  # albumentations: its own random generators
-    saved = resume.store.load(resume.fold) if resume is not None else None
+    saved = resume.store.load(resume.fold) if resume is not None and group.is_main else None
+    if resume is not None and group.distributed:
+        saved = group.broadcast(saved)  # rank 0's state: the file may be on another node
     if saved is not None:
         history = [(int(epoch), dict(metrics)) for epoch, metrics in saved["history"]]
         for epoch, metrics in history:
@@ -226,7 +246,8 @@ def fit(
         best = FitResult(saved["best_state"], saved["best_epoch"], saved["best_metrics"], 0, 0.0, 0)
         stale_epochs, train_seconds = saved["stale_epochs"], saved["train_seconds"]
         train_images, epoch = saved["train_images"], saved["epoch"]
-        print(f"{name}: resumed after epoch {epoch} from {resume.store.path(resume.fold)}", flush=True)
+        if group.is_main:
+            print(f"{name}: resumed after epoch {epoch} from {resume.store.path(resume.fold)}", flush=True)
         if saved["finished"]:
             best.epochs_run, best.train_seconds, best.train_images = epoch, train_seconds, train_images
             return best
@@ -235,20 +256,29 @@ def fit(
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"])
+        # Each rank's own random generators (the loader's is shared: the ranks slice the same draws).
+        generators = saved["ranks"][group.rank] if "ranks" in saved else saved
+        set_rng_state(generators["rng"])
         train_loader.generator.set_state(saved["loader_rng"])
         if augment is not None:
-            set_augmentation_rng_state(augment, saved["augment_rng"])
+            set_augmentation_rng_state(augment, generators["augment_rng"])
         first_epoch = epoch + 1
+    trained = group.wrap(model)  # after the restore: DDP starts every rank from rank 0's weights
     for epoch in range(first_epoch, params.max_epochs + 1):
-        model.train()
+        trained.train()
         started, total_loss, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(train_loader, desc=f"{name} epoch {epoch}", leave=False, disable=None, unit="batch")
+        bar = tqdm(
+            train_loader,
+            desc=f"{name} epoch {epoch}",
+            leave=False,
+            disable=None if group.is_main else True,
+            unit="batch",
+        )
         for images, targets in bar:
             images, targets = runtime.batch(images), runtime.tensor(targets)
             optimizer.zero_grad(set_to_none=True)
             with runtime.autocast():
-                loss = loss_fn(model(images), targets)
+                loss = loss_fn(trained(images), targets)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -256,9 +286,14 @@ def fit(
             seen += len(images)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         train_seconds += time.perf_counter() - started
-        train_images += seen
+        group.sync_buffers(model)
+        total_loss, seen = group.sum([total_loss, seen])  # every rank's share of the epoch
+        train_images += int(seen)
         metrics = {"train_loss": total_loss / max(seen, 1), **evaluate(model, val_loader)}
         metrics["lr"] = optimizer.param_groups[0]["lr"]
+        # Rank 0's metrics on every rank: early stopping, the best epoch and the plateau scheduler then
+        # decide the same everywhere, bit for bit.
+        metrics = group.broadcast(metrics)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(metrics["loss"])
         elif scheduler is not None:
@@ -288,16 +323,21 @@ def fit(
                 "train_images": train_images,
             }
             if not state["finished"]:  # a finished fold needs its best weights only
+                generators = {
+                    "rng": rng_state(),
+                    "augment_rng": augmentation_rng_state(augment) if augment is not None else None,
+                }
+                ranks = group.gather(generators) if group.distributed else None
                 state |= {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "scaler": scaler.state_dict(),
-                    "rng": rng_state(),
                     "loader_rng": train_loader.generator.get_state(),
-                    "augment_rng": augmentation_rng_state(augment) if augment is not None else None,
+                    **({"ranks": ranks} if ranks is not None else generators),
                 }
-            resume.store.save(resume.fold, state)
+            if group.is_main:
+                resume.store.save(resume.fold, state)
         if stop:
             break
     assert best is not None  # max_epochs >= 1
@@ -317,10 +357,13 @@ def format_epoch(name: str, epoch: int, metrics: dict[str, float]) -> str:
     return f"{name} epoch {epoch}: " + " ".join(parts) + f" lr={metrics['lr']:.2e}{marker}"
 
 
-def epoch_logger(live: Live, name: str, fold: int) -> Callable[[int, dict[str, float]], None]:
-    """The per-epoch callback of fit(): one log line, and the fold's curves to dvclive."""
+def epoch_logger(live: Live | None, name: str, fold: int) -> Callable[[int, dict[str, float]], None]:
+    """The per-epoch callback of fit(): one log line, and the fold's curves to dvclive; nothing without
+    `live` (the ranks other than 0 under torchrun)."""
 
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if live is None:
+            return
         print(format_epoch(name, epoch, metrics), flush=True)
         live.step = epoch
         for key, value in metrics.items():
@@ -384,12 +427,15 @@ def train_folds(
     params: TrainParams,
     table: pd.DataFrame,
     runtime: Runtime,
-    live: Live,
+    live: Live | None,
     store: ResumeStore | None = None,
 ) -> list[FoldModel]:
     """One model per fold k < params.folds: trained on the other folds' rows (as `task` selects them),
     early-stopped on fold k, returned with its best epoch's weights loaded. With `store`, every epoch's
-    state is saved there and a saved state is continued from (a killed run resumes)."""
+    state is saved there and a saved state is continued from (a killed run resumes). Under torchrun every
+    rank calls it (`live` and the store's files on rank 0 only) and each trains and validates on its
+    share; the ranks end every fold with the same weights, which is checked."""
+    group = runtime.group
     fold_models = []
     for fold in range(params.folds):
         seed = params.seed + fold
@@ -397,15 +443,16 @@ def train_folds(
         fit_rows = task.select_train_rows(table[table["fold"] != fold])
         val_rows = table[table["fold"] == fold]
         train_loader = make_loader(
-            task.train_set(fit_rows, seed),
+            task.train_set(fit_rows, augment_seed(seed, group.rank)),
             params.batch_size,
             params.num_workers,
             shuffle=True,
             seed=seed,
             samples=params.images_per_epoch,
             weights=task.sample_weights(fit_rows) if task.sample_weights is not None else None,
+            group=group,
         )
-        val_loader = make_loader(task.val_set(val_rows), params.batch_size, params.num_workers)
+        val_loader = make_loader(task.val_set(group.shard(val_rows)), params.batch_size, params.num_workers)
         model = task.build_model()
         if params.freeze_encoder:
             model.freeze_encoder()
@@ -423,6 +470,10 @@ def train_folds(
             name,
             FoldResume(store, fold) if store is not None else None,
         )
+        if group.distributed:
+            digest = group.check_identical(result.best_state, name)
+            if group.is_main:
+                print(f"{name}: weights identical on all {group.world} processes (sha256 {digest[:16]})")
         model.load_state_dict(result.best_state)
         train_folds_seen = sorted(int(f) for f in fit_rows["fold"].unique())
         fold_models.append(FoldModel(model, fold, train_folds_seen, result))
