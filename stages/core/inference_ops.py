@@ -96,16 +96,27 @@ def encode_rle(mask: np.ndarray) -> str:
     left to right, as "start length" pairs; "" for an empty mask."""
     if mask.ndim != 2:
         raise ValueError(f"encode expects a 2-D mask, got shape {mask.shape}")
-    # Column-major flattening gives the competition's pixel order; padding finds runs at both ends.
-    pixels = np.concatenate([[False], mask.ravel(order="F") != 0, [False]])
-    edges = np.flatnonzero(pixels[1:] != pixels[:-1])
+    if mask.size == 0:
+        return ""
+    # Column-major pixels: a view when the mask already is; else OpenCV's transpose (numpy's transposing
+    # copy of bytes is about 10x slower).
+    if mask.flags.f_contiguous:
+        flat = mask.ravel(order="F")
+        flat = flat if flat.dtype == np.bool_ else flat != 0
+    else:
+        flat = cv2.transpose(np.ascontiguousarray(mask != 0).view(np.uint8)).ravel().view(np.bool_)
+    # Run boundaries (0-based: a run covers [edge 2i, edge 2i+1)); the first and last pixel open or close a
+    # run there without padding the whole array.
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        edges = np.concatenate(([0], edges))
+    if flat[-1]:
+        edges = np.concatenate((edges, [flat.size]))
     if edges.size == 0:
         return ""
-    starts = edges[0::2] + 1
-    lengths = edges[1::2] + 1 - starts
-    runs = np.empty(starts.size * 2, dtype=np.int64)
-    runs[0::2] = starts
-    runs[1::2] = lengths
+    runs = edges.copy()
+    runs[0::2] += 1  # 1-based starts
+    runs[1::2] -= edges[0::2]  # lengths
     return " ".join(map(str, runs.tolist()))
 
 
