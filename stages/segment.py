@@ -370,9 +370,13 @@ def _test_rows(
     ):
         rows, submitted = [], []
         for k, rule in enumerate(rules):
+            # The class's probabilities column-major once (OpenCV's transpose, then a view): every
+            # candidate mask is then in the RLE's pixel order and encodes without a transpose of its
+            # own, and each comparison reads contiguous memory, not every K-th float.
+            probability = cv2.transpose(probabilities[k]).T
             chosen = ""
             for t, threshold in enumerate(thresholds):
-                mask = class_mask(probabilities[k], threshold)
+                mask = class_mask(probability, threshold)
                 area = int(np.count_nonzero(mask))
                 if area == 0:
                     continue

@@ -11,7 +11,15 @@ import pandas as pd
 import pytest
 
 from stages.core import rle
-from stages.core.images import AugmentParams, CropSpec, ImageTable, build_augmentations, classifier_targets
+from stages.core.errors import RLEError
+from stages.core.images import (
+    AugmentParams,
+    CropSpec,
+    ImageTable,
+    build_augmentations,
+    classifier_targets,
+    decode_masks,
+)
 
 NO_AUGMENT = AugmentParams(horizontal_flip=0.0, vertical_flip=0.0, brightness_contrast=0.0)
 
@@ -28,6 +36,20 @@ def test_classifier_targets_by_hand() -> None:
     np.testing.assert_array_equal(classifier_targets(table, 1), [[1], [0], [0]])
     np.testing.assert_array_equal(classifier_targets(table, 4), [[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1]])
     assert classifier_targets(table, 4).dtype == np.float32
+
+
+def test_decode_masks_stacks_classes_in_c_order() -> None:
+    # decode's masks are column-major; decode_masks gives (height, width, K) C-contiguous, empty classes zero.
+    rles = ["", "2 5 9 4", "", "12 1"]
+    masks = decode_masks(rles, (3, 4), (3, 4))
+    assert masks.shape == (3, 4, 4) and masks.dtype == np.uint8 and masks.flags.c_contiguous
+    for k, text in enumerate(rles):
+        np.testing.assert_array_equal(masks[..., k], rle.decode(text, (3, 4)))
+    resized = decode_masks(rles, (3, 4), (6, 8))
+    assert resized.shape == (6, 8, 4)
+    np.testing.assert_array_equal(resized[::2, ::2], masks)  # nearest neighbour at twice the size
+    with pytest.raises(RLEError, match="odd number of tokens"):
+        decode_masks(["", "1 2 3"], (3, 4), (3, 4))
 
 
 def one_defect(size: tuple[int, int], rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:

@@ -71,6 +71,31 @@ def test_class_mask_compares_in_float64() -> None:
     assert not class_mask(np.array([[np.nextafter(np.float32(0.1), np.float32(0))]]), 0.1).any()
 
 
+@pytest.mark.parametrize(
+    "threshold", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1 / 3, 0.0, 1.0, -0.25, 1e-45, 1e-300]
+)
+def test_class_mask_float32_bound_is_exact(threshold: float) -> None:
+    # Every float32 near the threshold (and its float32 rounding) is compared as float64 would compare it.
+    bound = np.float32(threshold)
+    near = [bound]
+    for direction in (np.float32(-np.inf), np.float32(np.inf)):
+        value = bound
+        for _ in range(3):
+            value = np.nextafter(value, direction)
+            near.append(value)
+    probability = np.array([near], dtype=np.float32)
+    expected = probability.astype(np.float64) >= np.float64(threshold)
+    np.testing.assert_array_equal(class_mask(probability, threshold), expected)
+    assert expected.any() and not expected.all()
+
+
+@pytest.mark.parametrize("threshold", [1e39, -1e39, float("inf"), float("nan")])
+def test_class_mask_thresholds_past_float32(threshold: float) -> None:
+    probability = np.array([[0.0, 0.5, np.float32(3e38), np.inf]], dtype=np.float32)
+    expected = probability.astype(np.float64) >= np.float64(threshold)
+    np.testing.assert_array_equal(class_mask(probability, threshold), expected)
+
+
 def test_submitted_masks_follow_the_gate_and_the_min_area() -> None:
     probabilities = np.zeros((3, 4, 5), np.float32)
     probabilities[0, :2] = 0.9  # 10 pixels

@@ -192,6 +192,55 @@ def test_prediction_memory_does_not_grow_with_the_number_of_images(
     assert leaking_80 > leaking_20 * 1.5 + slack, (leaking_20, leaking_80)
 
 
+def test_segment_test_candidates_match_a_plain_recomputation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # predict_test compares each class's probabilities column-major, against the thresholds' float32
+    # bounds: the same candidates as `p >= t` in float64 on the (K, H, W) probabilities, encoded plainly.
+    from stages import segment
+    from stages.core import rle
+    from stages.core.prepared import Prepared
+    from tests.helpers import write_labels_csv
+
+    names = [f"{i}.png" for i in range(5)]
+    sizes = [ORIGINAL] * 4 + [(48, 80)]
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "root" / "test_images"
+    folder.mkdir(parents=True)
+    for name, (height, width) in zip(names, sizes, strict=True):
+        assert cv2.imwrite(str(folder / name), rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    table = pd.DataFrame({"ImageId": names, "height": [s[0] for s in sizes], "width": [s[1] for s in sizes]})
+    write_labels_csv(
+        tmp_path / "root/sample_submission.csv", [(n, k, "1 1") for n in names for k in range(1, 5)], "old"
+    )
+    prepared = Prepared(tmp_path / "root", pd.DataFrame(), table, num_classes=4, n_folds=5)
+    params = segment.SegmentParams(input_height=32, input_width=64, thresholds=(0.3, 0.5, 0.7), tta="hflip")
+    rules = [ClassRule(0.5, 0), ClassRule(0.3, 100), ClassRule(0.7, 0), ClassRule(0.5, 2**31 - 1)]
+    model = Lopsided(3)
+    monkeypatch.chdir(tmp_path)
+    segment.predict_test(params, prepared, CPU, [model], rules)
+
+    expected, submitted = [], []
+    for image_id, probabilities in predict_probabilities(
+        [model], table, folder, params.input_size, CPU, params.predict_batch_size, params.tta
+    ):
+        for k, rule in enumerate(rules):
+            chosen = ""
+            for threshold in params.thresholds:
+                mask = probabilities[k] >= np.float64(threshold)
+                if mask.any():
+                    text = rle.encode(np.ascontiguousarray(mask))
+                    expected.append([image_id, k + 1, threshold, int(mask.sum()), text])
+                    if threshold == rule.threshold and mask.sum() >= rule.min_area_px:
+                        chosen = text
+            submitted.append([f"{image_id}_{k + 1}", chosen])
+    candidates = pd.read_csv(tmp_path / segment.TEST_CANDIDATES, dtype=str, keep_default_na=False)
+    assert len(expected) > 20 and len({row[3] for row in expected}) > 10  # masks of many sizes
+    assert candidates.to_numpy().tolist() == [[str(value) for value in row] for row in expected]
+    submission = pd.read_csv(tmp_path / segment.SUBMISSION_RAW, dtype=str, keep_default_na=False)
+    assert submission.to_numpy().tolist() == submitted
+
+
 # ---------------------------------------------------------------------------------------------- flip TTA
 
 

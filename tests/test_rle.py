@@ -239,3 +239,132 @@ def test_fixture_strings_are_bounded_by_the_image(fixture_rows: list[tuple[str, 
     assert rle.decode(text, (1, end)).sum() == rle.area(text)
     with pytest.raises(RLEError, match=f"ends at pixel {end}, past the image's {end - 1} pixels"):
         rle.decode(text, (1, end - 1))
+
+
+# ----------------------------------------------------------------------------- the fast (canonical) path
+
+
+def loop_decode(text: str, shape: tuple[int, int]) -> np.ndarray:
+    """The plain Kaggle loop: split, int, fill slices (no validation), as an independent oracle."""
+    flat = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    tokens = text.split()
+    for start, length in zip(tokens[0::2], tokens[1::2], strict=True):
+        flat[int(start) - 1 : int(start) - 1 + int(length)] = 1
+    return flat.reshape(shape, order="F")
+
+
+def outcome(parse: object, text: str, n_pixels: int) -> tuple[list[int], list[int]] | str:
+    """What a parser makes of a string: its runs, or its error message."""
+    try:
+        starts, lengths = parse(text, n_pixels)  # type: ignore[operator]
+    except RLEError as error:
+        return str(error)
+    return starts.tolist(), lengths.tolist()
+
+
+# Canonical (digits and single spaces) and valid: one run, the whole image, runs touching its last pixel,
+# runs across a column boundary, adjacent runs, 1-pixel masks, leading zeros. For a 3x4 image (12 pixels).
+FAST_VALID = ["1 1", "12 1", "1 12", "3 2", "2 5 9 4", "1 1 3 1 5 1 7 1 9 1 11 2", "2 2 4 3", "007 2"]
+# Canonical but invalid: the fast path declines them and the token-by-token parser names the problem.
+FAST_INVALID = [
+    *["0 1", "1 0", "13 1", "12 2", "1 13", "5 2 3 1", "5 2 6 1", "5 2 5 1", "1 2 3", "7"],
+    *["9223372036854775807 1", "1 9223372036854775807", "18446744073709551617 1", "1 " + "9" * 5_000],
+]
+
+
+@pytest.mark.parametrize("text", FAST_VALID)
+def test_fast_path_takes_and_agrees_on_valid_canonical_strings(text: str) -> None:
+    fast = rle._parse_canonical(text, 12)
+    assert fast is not None
+    starts, lengths = fast
+    assert starts.dtype == lengths.dtype == np.int64
+    assert outcome(lambda *args: fast, text, 12) == outcome(rle._parse_checked, text, 12)
+    mask = rle.decode(text, (3, 4))
+    np.testing.assert_array_equal(mask, loop_decode(text, (3, 4)))
+    assert mask.dtype == np.uint8 and mask.shape == (3, 4)
+
+
+@pytest.mark.parametrize("text", FAST_INVALID)
+def test_fast_path_declines_invalid_strings_with_the_checked_parsers_message(text: str) -> None:
+    assert rle._parse_canonical(text, 12) is None
+    message = outcome(rle._parse_checked, text, 12)
+    assert isinstance(message, str) and "\n" not in message
+    assert outcome(rle.parse_runs, text, 12) == message
+    with pytest.raises(RLEError) as error:
+        rle.decode(text, (3, 4))
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("text", [" 1 1", "1 1 ", "1  1", "1\t1", "1\n1", "+1 1", "1 1\x00", "\uff11 1"])
+def test_non_canonical_strings_take_the_checked_parser(text: str) -> None:
+    assert rle._parse_canonical(text, 12) is None
+    assert outcome(rle.parse_runs, text, 12) == outcome(rle._parse_checked, text, 12)
+
+
+def test_numpy_saturates_huge_tokens_so_the_fast_path_is_on() -> None:
+    # The fast path's overflow safety rests on np.fromstring saturating; it switches itself off otherwise,
+    # and this test says so (the fuzz tests would still pass, only slower).
+    assert rle._SATURATES
+
+
+# Canonical token lists: mostly small numbers (in and around a 5x6 image's 30 pixels), now and then a
+# huge one, so that valid, overlapping, unsorted, out-of-range and odd-length strings all come up.
+CANONICAL_TOKENS = st.lists(
+    st.one_of(st.integers(0, 33), st.sampled_from([2**63 - 1, 2**63, 2**64 + 1, 10**30])), max_size=12
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(CANONICAL_TOKENS)
+def test_fast_and_checked_parsers_agree(tokens: list[int]) -> None:
+    text = " ".join(map(str, tokens))
+    checked = outcome(rle._parse_checked, text, 30) if text else ([], [])
+    assert outcome(rle.parse_runs, text, 30) == checked
+    fast = rle._parse_canonical(text, 30) if text else None
+    if fast is not None:  # taken only when the checked parser accepts, with the same runs
+        assert (fast[0].tolist(), fast[1].tolist()) == checked
+    if not isinstance(checked, str):
+        np.testing.assert_array_equal(rle.decode(text, (5, 6)), loop_decode(text, (5, 6)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(masks())
+def test_encoded_strings_take_the_fast_path(mask: np.ndarray) -> None:
+    text = rle.encode(mask)
+    if text:
+        fast = rle._parse_canonical(text, mask.size)
+        assert fast is not None
+        starts, lengths = fast
+        np.testing.assert_array_equal(rle.fill_runs(starts, lengths, mask.size), mask.ravel(order="F"))
+
+
+@pytest.mark.parametrize(
+    ("starts", "lengths", "expected"),
+    [
+        ([], [], [0, 0, 0, 0, 0, 0]),
+        ([0], [6], [1, 1, 1, 1, 1, 1]),
+        ([0], [1], [1, 0, 0, 0, 0, 0]),
+        ([5], [1], [0, 0, 0, 0, 0, 1]),
+        ([1, 3], [2, 3], [0, 1, 1, 1, 1, 1]),  # adjacent runs
+        ([0, 2, 4], [1, 1, 1], [1, 0, 1, 0, 1, 0]),
+    ],
+)
+def test_fill_runs(starts: list[int], lengths: list[int], expected: list[int]) -> None:
+    flat = rle.fill_runs(np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64), 6)
+    assert flat.dtype == np.uint8 and flat.tolist() == expected
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", [np.bool_, np.uint8, np.int64, np.float32])
+def test_encode_any_memory_layout(order: str, dtype: type) -> None:
+    # Column-major masks (decode's own) are read in place, others through a transpose: same string.
+    mask = np.asarray(rle.decode("2 5 9 4 20 3", (5, 6)), dtype=dtype, order=order)
+    assert rle.encode(mask) == "2 5 9 4 20 3"
+    assert rle.encode(mask[:, ::2]) == reference_encode(mask[:, ::2])  # a strided view
+    assert rle.encode(np.zeros((0, 4), dtype=dtype)) == ""
+
+
+def test_decode_is_a_column_major_view_of_the_pixels() -> None:
+    mask = rle.decode("2 5 9 4", (3, 4))
+    assert mask.flags.f_contiguous
+    np.testing.assert_array_equal(np.ascontiguousarray(mask), loop_decode("2 5 9 4", (3, 4)))

@@ -40,7 +40,10 @@ def read_image(path: Path, original: tuple[int, int], size: tuple[int, int]) -> 
 
 def decode_masks(rles: list[str], original: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """(height, width, K) uint8 0/1 masks at `size`, decoded at the original size then resized."""
-    masks = np.stack([rle.decode(text, original) for text in rles], axis=-1)
+    masks = np.zeros((*original, len(rles)), dtype=np.uint8)
+    for k, text in enumerate(rles):
+        if not rle.is_empty(text):  # most classes of most images are empty: nothing to decode or copy
+            masks[..., k] = rle.decode(text, original)  # decode's column-major mask into C order
     if original != size:
         masks = cv2.resize(masks, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
         masks = masks.reshape(size[0], size[1], len(rles))  # cv2 drops a trailing axis of length 1

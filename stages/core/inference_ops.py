@@ -83,9 +83,27 @@ def upsample(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized.reshape(size[0], size[1], -1).transpose(2, 0, 1)
 
 
+def float32_bound(threshold: float) -> np.float32 | None:
+    """The smallest float32 not below `threshold`: for a float32 p, p >= threshold (exactly, as in float64)
+    if and only if p >= this bound. None when there is none (a threshold past float32's range, or NaN)."""
+    threshold = float(threshold)
+    if not abs(threshold) <= float(np.finfo(np.float32).max):
+        return None
+    bound = np.float32(threshold)  # the nearest float32: may lie just below the threshold
+    if float(bound) < threshold:
+        bound = np.nextafter(bound, np.float32(np.inf))
+    return bound
+
+
 def class_mask(probability: np.ndarray, threshold: float) -> np.ndarray:
-    """The candidate mask `probability >= threshold`, compared in float64 whatever the array's dtype (a
-    float32 comparison would round the threshold first and could flip a pixel at the boundary)."""
+    """The candidate mask `probability >= threshold`, exact as a float64 comparison whatever the array's
+    dtype (a float32 comparison with the threshold rounded to float32 could flip a pixel at the boundary).
+    A float32 array is compared with the threshold's float32 bound instead: the same mask, without
+    converting every pixel to float64 (about 3x faster on a 256x1600 mask)."""
+    if probability.dtype == np.float32:
+        bound = float32_bound(threshold)
+        if bound is not None:
+            return probability >= bound
     return probability >= np.float64(threshold)
 
 
@@ -96,16 +114,27 @@ def encode_rle(mask: np.ndarray) -> str:
     left to right, as "start length" pairs; "" for an empty mask."""
     if mask.ndim != 2:
         raise ValueError(f"encode expects a 2-D mask, got shape {mask.shape}")
-    # Column-major flattening gives the competition's pixel order; padding finds runs at both ends.
-    pixels = np.concatenate([[False], mask.ravel(order="F") != 0, [False]])
-    edges = np.flatnonzero(pixels[1:] != pixels[:-1])
+    if mask.size == 0:
+        return ""
+    # Column-major pixels: a view when the mask already is; else OpenCV's transpose (numpy's transposing
+    # copy of bytes is about 10x slower).
+    if mask.flags.f_contiguous:
+        flat = mask.ravel(order="F")
+        flat = flat if flat.dtype == np.bool_ else flat != 0
+    else:
+        flat = cv2.transpose(np.ascontiguousarray(mask != 0).view(np.uint8)).ravel().view(np.bool_)
+    # Run boundaries (0-based: a run covers [edge 2i, edge 2i+1)); the first and last pixel open or close a
+    # run there without padding the whole array.
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        edges = np.concatenate(([0], edges))
+    if flat[-1]:
+        edges = np.concatenate((edges, [flat.size]))
     if edges.size == 0:
         return ""
-    starts = edges[0::2] + 1
-    lengths = edges[1::2] + 1 - starts
-    runs = np.empty(starts.size * 2, dtype=np.int64)
-    runs[0::2] = starts
-    runs[1::2] = lengths
+    runs = edges.copy()
+    runs[0::2] += 1  # 1-based starts
+    runs[1::2] -= edges[0::2]  # lengths
     return " ".join(map(str, runs.tolist()))
 
 
