@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from stages.core import cli, rle
+from stages.core.backends import BackendName, InferenceBackend
 from stages.core.dataset import SubmissionWriter
 from stages.core.device import Runtime, inference, resolve_runtime
 from stages.core.errors import PipelineError
@@ -92,6 +93,12 @@ class SegmentParams(TrainParams):
     tta: Literal["none", "hflip", "hvflip"] = "hflip"
     predict_batch_size: int = 16
     plot_images: int = 4
+    # What predicts the holdout and test images (stages/core/backends.py): eager | onnxruntime | compile.
+    inference_backend: BackendName = "eager"
+
+    @property
+    def backend(self) -> InferenceBackend:
+        return InferenceBackend(self.inference_backend, "segment.inference_backend")
 
     def validate(self, section: str) -> None:
         super().validate(section)
@@ -248,6 +255,7 @@ def holdout_candidates(
             params.predict_batch_size,
             params.tta,
             params.num_workers,
+            params.backend,
         ):
             original = (int(rows.at[image_id, "height"]), int(rows.at[image_id, "width"]))
             truth = decode_masks(rows.loc[image_id, rle_columns].tolist(), original, original)
@@ -305,6 +313,7 @@ def predict_test(
             params.predict_batch_size,
             params.tta,
             params.num_workers,
+            params.backend,
         ):
             submitted = []
             for k, rule in enumerate(rules):

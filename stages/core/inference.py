@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from stages.core.backends import EAGER, InferenceBackend, predictors
 from stages.core.device import Runtime, inference
 from stages.core.images import ImageTable
 from stages.core.inference_ops import classifier_probabilities as batch_probabilities
@@ -34,15 +35,17 @@ def classifier_probabilities(
     runtime: Runtime,
     batch_size: int,
     num_workers: int = 0,
+    backend: InferenceBackend = EAGER,
 ) -> np.ndarray:
     """(N, C) sigmoid probabilities of the classifier's columns per row (column 0 allMissing = P(no
     defect), then P(class k present) for a multilabel head), averaged over the given models."""
     models = [runtime.model(model).eval() for model in models]
+    run = predictors(models, backend)  # the models themselves unless an optimised backend is chosen
     result: np.ndarray | None = None
     with inference(runtime):
         for images, indices in batches(table, folder, size, batch_size, num_workers):
             images = runtime.batch(images)
-            probabilities = batch_probabilities(models, images)
+            probabilities = batch_probabilities(run, images)
             if result is None:
                 result = np.empty((len(table), probabilities.shape[1]), dtype=np.float64)
             result[indices] = probabilities.cpu().numpy()
@@ -60,16 +63,17 @@ def predict_probabilities(
     batch_size: int,
     tta: str = "none",
     num_workers: int = 0,
+    backend: InferenceBackend = EAGER,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (ImageId, (K, H, W) float32 probabilities at the image's original size) image by image, in
     table order: each whole image is predicted at the model's input size `size` (the prediction scale),
     averaged over the models and the flips of `tta`, then upsampled. A generator: memory does not grow
     with the number of images."""
-    models = [runtime.model(model).eval() for model in models]
+    run = predictors([runtime.model(model).eval() for model in models], backend)
     image_ids = table["ImageId"].tolist()
     originals = list(zip(table["height"].astype(int), table["width"].astype(int), strict=True))
     for images, indices in batches(table, folder, size, batch_size, num_workers):
         with inference(runtime):
-            probabilities = flip_tta_probabilities(models, runtime.batch(images), tta).cpu().numpy()
+            probabilities = flip_tta_probabilities(run, runtime.batch(images), tta).cpu().numpy()
         for probability, index in zip(probabilities, indices, strict=True):
             yield image_ids[index], upsample(probability, originals[index])
