@@ -15,7 +15,7 @@ import time
 from benchmarks.report import Check, machine, table
 
 # Module names under benchmarks/, in the order they run (cheap ones first).
-BENCHMARKS: tuple[str, ...] = ("rle_speed", "dvc_overhead")
+BENCHMARKS: tuple[str, ...] = ("rle_speed", "backend_speed", "loop_speed", "dvc_overhead")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from stages.core import cli
+from stages.core.backends import BackendName, InferenceBackend
 from stages.core.device import Runtime, inference, resolve_runtime
 from stages.core.distributed import interleave, run_under_torchrun
 from stages.core.images import ImageTable, build_augmentations, classifier_targets
@@ -55,6 +56,8 @@ class ClassifierParams(TrainParams):
     # binary: one output, allMissing (notebook 1). multilabel: allMissing and one presence probability per
     # defect class (p_1 ... p_K), for per-class gating.
     head: Literal["binary", "multilabel"] = "binary"
+    # What predicts the test images (stages/core/backends.py): eager | onnxruntime | compile.
+    inference_backend: BackendName = "eager"
 
     def validate(self, section: str) -> None:
         super().validate(section)
@@ -176,6 +179,7 @@ def main() -> None:
             runtime,
             params.batch_size,
             params.num_workers,
+            InferenceBackend(params.inference_backend, "classifier.inference_backend"),
         )
         if live is not None:
             live.make_summary()

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from stages.core import cli
+from stages.core.backends import BackendName, InferenceBackend
 from stages.core.device import resolve_runtime
 from stages.core.distributed import run_under_torchrun
 from stages.core.errors import PipelineError
@@ -37,6 +38,7 @@ class ScoreTrainParams:
     mixed_precision: bool = True
     num_workers: int = 0
     nproc_per_node: int = 1  # > 1: under torchrun, each process scores a share of the images
+    inference_backend: BackendName = "eager"  # eager | onnxruntime | compile (stages/core/backends.py)
 
     def validate(self, section: str) -> None:
         require(self.batch_size >= 1, f"{section}.batch_size", "must be at least 1", self.batch_size)
@@ -61,6 +63,7 @@ def main() -> None:
             f"{MODEL_DIR}: the fold checkpoints' heads do not fit {prepared.num_classes} classes "
             "or differ from each other; rerun `dvc repro classifier`"
         )
+    backend = InferenceBackend(params.inference_backend, "score_train.inference_backend")
     train = prepared.train
     scores = np.full((len(train), columns.pop()), np.nan)
     out_of_fold = np.zeros(len(train), dtype=bool)
@@ -75,6 +78,7 @@ def main() -> None:
             runtime,
             params.batch_size,
             params.num_workers,
+            backend,
         )
         out_of_fold[rows] = True
     rest = np.flatnonzero(~out_of_fold)
@@ -89,6 +93,7 @@ def main() -> None:
             runtime,
             params.batch_size,
             params.num_workers,
+            backend,
         )
     if not runtime.group.is_main:
         return

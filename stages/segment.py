@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from stages.core import cli, rle
+from stages.core.backends import BackendName, InferenceBackend
 from stages.core.dataset import SubmissionWriter
 from stages.core.device import Runtime, inference, resolve_runtime
 from stages.core.distributed import run_under_torchrun
@@ -98,6 +99,12 @@ class SegmentParams(TrainParams):
     tta: Literal["none", "hflip", "hvflip"] = "hflip"
     predict_batch_size: int = 16
     plot_images: int = 4
+    # What predicts the holdout and test images (stages/core/backends.py): eager | onnxruntime | compile.
+    inference_backend: BackendName = "eager"
+
+    @property
+    def backend(self) -> InferenceBackend:
+        return InferenceBackend(self.inference_backend, "segment.inference_backend")
 
     def validate(self, section: str) -> None:
         super().validate(section)
@@ -295,6 +302,7 @@ def _holdout_counts(
         params.predict_batch_size,
         params.tta,
         params.num_workers,
+        params.backend,
     ):
         original = (int(rows.at[image_id, "height"]), int(rows.at[image_id, "width"]))
         truth = decode_masks(rows.loc[image_id, rle_columns].tolist(), original, original)
@@ -367,6 +375,7 @@ def _test_rows(
         params.predict_batch_size,
         params.tta,
         params.num_workers,
+        params.backend,
     ):
         rows, submitted = [], []
         for k, rule in enumerate(rules):

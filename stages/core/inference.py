@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from stages.core.backends import EAGER, InferenceBackend, predictors
 from stages.core.device import Runtime, inference
 from stages.core.distributed import ordered_by_id
 from stages.core.images import ImageTable
@@ -36,6 +37,7 @@ def classifier_probabilities(
     runtime: Runtime,
     batch_size: int,
     num_workers: int = 0,
+    backend: InferenceBackend = EAGER,
 ) -> np.ndarray:
     """(N, C) sigmoid probabilities of the classifier's columns per row (column 0 allMissing = P(no
     defect), then P(class k present) for a multilabel head), averaged over the given models. Under
@@ -44,9 +46,9 @@ def classifier_probabilities(
     size and content can change the last bits of a convolution's result)."""
     group = runtime.group
     if not group.distributed:
-        return _probabilities(models, table, folder, size, runtime, batch_size, num_workers)
+        return _probabilities(models, table, folder, size, runtime, batch_size, num_workers, backend)
     shard = group.shard(table)
-    local = _probabilities(models, shard, folder, size, runtime, batch_size, num_workers)
+    local = _probabilities(models, shard, folder, size, runtime, batch_size, num_workers, backend)
     parts = group.all_gather(list(zip(shard["ImageId"], local, strict=True)))
     rows = ordered_by_id(table["ImageId"].tolist(), parts)
     return np.stack(rows) if rows else local
@@ -60,13 +62,15 @@ def _probabilities(
     runtime: Runtime,
     batch_size: int,
     num_workers: int,
+    backend: InferenceBackend,
 ) -> np.ndarray:
     models = [runtime.model(model).eval() for model in models]
+    run = predictors(models, backend)  # the models themselves unless an optimised backend is chosen
     result: np.ndarray | None = None
     with inference(runtime):
         for images, indices in batches(table, folder, size, batch_size, num_workers):
             images = runtime.batch(images)
-            probabilities = batch_probabilities(models, images)
+            probabilities = batch_probabilities(run, images)
             if result is None:
                 result = np.empty((len(table), probabilities.shape[1]), dtype=np.float64)
             result[indices] = probabilities.cpu().numpy()
@@ -84,16 +88,17 @@ def predict_probabilities(
     batch_size: int,
     tta: str = "none",
     num_workers: int = 0,
+    backend: InferenceBackend = EAGER,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (ImageId, (K, H, W) float32 probabilities at the image's original size) image by image, in
     table order: each whole image is predicted at the model's input size `size` (the prediction scale),
     averaged over the models and the flips of `tta`, then upsampled. A generator: memory does not grow
     with the number of images."""
-    models = [runtime.model(model).eval() for model in models]
+    run = predictors([runtime.model(model).eval() for model in models], backend)
     image_ids = table["ImageId"].tolist()
     originals = list(zip(table["height"].astype(int), table["width"].astype(int), strict=True))
     for images, indices in batches(table, folder, size, batch_size, num_workers):
         with inference(runtime):
-            probabilities = flip_tta_probabilities(models, runtime.batch(images), tta).cpu().numpy()
+            probabilities = flip_tta_probabilities(run, runtime.batch(images), tta).cpu().numpy()
         for probability, index in zip(probabilities, indices, strict=True):
             yield image_ids[index], upsample(probability, originals[index])
