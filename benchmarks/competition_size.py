@@ -18,8 +18,8 @@ getrusage(RUSAGE_CHILDREN) of that process, which saw only the stage), and the t
 
 Models are trained once on the subset and copied: the measured stages are inference and data handling,
 not training. Every stage runs with one torch thread (OMP_NUM_THREADS=1, see THREADS). Run by hand (not
-in `python -m benchmarks`): here, on 2 shared cores, the full run took about 40 minutes (see the README),
-synthesize ~2.6 GB of JPEGs in the work folder, removed at the end.
+in `python -m benchmarks`): here, on 2 cores shared with other jobs, the full run took 27 minutes (16 of
+them synthesizing 1.5 GB of JPEGs into the work folder, removed at the end); see the README.
 `--small` is a smoke run at a tenth of the counts (subset 100 train and 50 test images).
 """
 
