@@ -132,7 +132,7 @@ def measure(quick: bool, backend: str = "onnxruntime") -> list[Check]:
                 DICE_TARGET,
                 unit="",
                 detail=f"{int((mask != eager_mask).sum())} of {mask.numel()} pixels differ; "
-                f"max |p - p_eager| {float((got - expected).abs().max()):.2g}",
+                f"max abs(p - p_eager) {float((got - expected).abs().max()):.2g}",
             )
         )
     backends.clear_cache()

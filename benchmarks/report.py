@@ -52,9 +52,11 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    # Other jobs on a shared machine skew every figure: the load when the run started says how much.
+    load = "/".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (
         f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}; load average {load}"
     )
 
 

@@ -96,15 +96,17 @@ class Timing:
 
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Timing:
-    """Each variant run in turn (A B A B ...) `repeats` times, after `warmup` untimed rounds (allocators,
-    oneDNN kernels, lazy exports), so that a change of machine load hits every variant alike."""
+    """Each variant run in turn (A B, B A, A B ...) `repeats` times, after `warmup` untimed rounds
+    (allocators, oneDNN kernels, lazy exports), so that a change of machine load hits every variant alike."""
     for _ in range(warmup):
         for run in variants.values():
             run()
     rounds: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
+    order = list(variants)
+    for repeat in range(repeats):
+        # A B, then B A: a load that rises or falls during a round does not always favour the same one.
+        for name in order if repeat % 2 == 0 else reversed(order):
             started = time.perf_counter()
-            run()
+            variants[name]()
             rounds[name].append(time.perf_counter() - started)
     return Timing(rounds)
