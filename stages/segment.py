@@ -14,7 +14,7 @@ without gating. Writes:
                                    (non-empty masks only)
   data/submission_raw.csv          the U-Net alone with its ungated rules, in the sample's format
   data/segment_metrics.json        validation Dice per class, chosen rules, timing and memory
-  data/plots/segment/*.png         a few holdout images, truth vs prediction per class
+  data/plots/segment/holdout_*.png a few holdout images, truth vs prediction per class
 With `nproc_per_node` > 1 it runs under torchrun (stages.core.distributed): the processes share the training
 draws and the validation, holdout and test images; rank 0 gathers the predictions by image and writes every
 output, in the order one process writes it.
@@ -321,7 +321,9 @@ def write_plots(prepared: Prepared, plotted: dict[str, tuple[np.ndarray, np.ndar
             size = probabilities.shape[1:]
             image = read_image(prepared.train_images / image_id, size, size)
             panel = truth_vs_prediction(image, truth, apply_rules(probabilities, rules))
-            path = plots / f"{Path(image_id).stem}.png"
+            # Never an all-digit file name: dvc plots show crashes ordering "003436691.png" (read as image
+            # number 3436691) against "03c9109b5.png" (no number) in one folder.
+            path = plots / f"holdout_{Path(image_id).stem}.png"
             # cv2.imwrite returns False instead of raising, on a full disk too.
             if not cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
                 raise PipelineError(f"{target_name(path)}: cannot write")

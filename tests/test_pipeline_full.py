@@ -161,6 +161,8 @@ def test_checkpoint_carries_the_post_processing_rules(dag_repo: Path) -> None:
 def test_holdout_plots(dag_repo: Path) -> None:
     plots = sorted((dag_repo / "data/plots/segment").glob("*.png"))
     assert len(plots) == 2
+    # A prefix, so no name is all digits (ImageIds can be): dvc plots show fails to order those.
+    assert all(plot.name.startswith("holdout_") for plot in plots)
 
 
 def test_postprocess_param_reruns_only_postprocess_and_the_bundle(dag_repo: Path) -> None:
