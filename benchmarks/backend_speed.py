@@ -68,8 +68,8 @@ def compare(
         )
     n = len(batch)
     detail = (
-        f"{n / timing.median(backend):.2f} vs {n / timing.median('eager'):.2f} images/s (medians), batch {n} "
-        f"of {tuple(batch.shape[2:])}; {backend} prepared in {prepare_s:.0f} s"
+        f"{timing.rates(backend, 'eager', n)}, batch {n} of {tuple(batch.shape[2:])}; "
+        f"{backend} prepared in {prepare_s:.0f} s"
     )
     return timing.speedup(backend, "eager"), detail, got, expected
 

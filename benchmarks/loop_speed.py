@@ -72,9 +72,7 @@ def preloaded(prepared: Prepared, size: tuple[int, int], batch_size: int) -> lis
 
 
 def ratio_check(name: str, n: int, timing: Timing, loop: str, raw: str, target: float) -> Check:
-    detail = (
-        f"{n / timing.median(loop):.2f} vs {n / timing.median(raw):.2f} images/s (medians) over {n} images"
-    )
+    detail = f"{timing.rates(loop, raw, n)} over {n} images"
     return Check(name, timing.speedup(loop, raw), ">=", target, detail=detail)
 
 

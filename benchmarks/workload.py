@@ -94,6 +94,13 @@ class Timing:
         pairs = zip(self.rounds[reference], self.rounds[faster], strict=True)
         return statistics.median(slow / fast for slow, fast in pairs)
 
+    def rates(self, faster: str, reference: str, images: int) -> str:
+        """Both rates for a table's detail, saying how they relate to the ratio beside them."""
+        return (
+            f"{images / self.median(faster):.2f} vs {images / self.median(reference):.2f} images/s "
+            f"(medians of {len(self.rounds[faster])} rounds; the ratio is the median of per-round ratios)"
+        )
+
 
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Timing:
     """Each variant run in turn (A B, B A, A B ...) `repeats` times, after `warmup` untimed rounds
