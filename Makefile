@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test lint dag metrics clean-venv real
+.PHONY: install repro test lint dag metrics report clean-venv real
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ dag: $(STAMP)
 
 metrics: $(STAMP)
 	$(BIN)/dvc metrics show
+
+# One static HTML file of the last run: tables, curves, galleries, embeddings (README "The run's report").
+report: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m stages.report --out report/index.html
 
 clean-venv:
 	rm -rf $(VENV)
