@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test lint dag metrics report clean-venv real
+.PHONY: install repro test lint dag metrics metrics-diff exps report clean-venv real
 
 install: $(STAMP)
 
@@ -30,8 +30,21 @@ lint: $(STAMP)
 dag: $(STAMP)
 	$(BIN)/dvc dag
 
+# The headline metrics (data/metrics/*.json), one row per metric: `dvc metrics show` gives each one a column.
 metrics: $(STAMP)
-	$(BIN)/dvc metrics show
+	$(BIN)/dvc metrics show --json | $(BIN)/python -m stages.metrics
+
+# What changed since a revision: make metrics-diff [REV=HEAD~1] (default HEAD, against the workspace).
+REV ?= HEAD
+metrics-diff: $(STAMP)
+	$(BIN)/dvc metrics diff $(REV)
+
+# The experiments with a few headline columns, within 120 columns; KEEP='regex' adds columns, e.g. the
+# params being compared: make exps KEEP='postprocess\.gating|threshold\.objective'.
+EXPS_COLUMNS := Experiment|Created|val_auc|val_dice|holdout_dice_gated|test_dice_gated
+KEEP ?=
+exps: $(STAMP)
+	$(BIN)/dvc exp show --drop '.*' --keep '^($(EXPS_COLUMNS))$$' $(if $(KEEP),--keep '$(KEEP)')
 
 # One static HTML file of the last run: tables, curves, galleries, embeddings (README "The run's report").
 report: $(STAMP)

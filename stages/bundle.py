@@ -11,7 +11,8 @@ notebook needs and nothing of this repository:
                            for `kaggle kernels push -p models/kaggle/notebook` (GPU on, internet off,
                            the bundle dataset and the competition as sources)
 With `verify` the stage then runs predict.py in a separate process on the test images and records in
-data/bundle_metrics.json its images/s and whether its submission equals data/submission.csv.
+data/bundle_metrics.json its images/s and whether its submission equals data/submission.csv; the headline
+figures (the DVC metrics) go to data/metrics/bundle.json.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from stages.core import cli, inference_ops, kaggle_predict
 from stages.core.dataset import parse_labels, read_csv
 from stages.core.errors import PipelineError
+from stages.core.headline import write_headline
 from stages.core.io import atomic_path, read_json, write_json
 from stages.core.models import IMAGENET_MEAN, IMAGENET_STD, load_classifier, load_unet, torch_write
 from stages.core.params import load_section, require
@@ -43,6 +45,7 @@ RULES_FILE = Path("data/rules.json")
 SUBMISSION = Path("data/submission.csv")
 BUNDLE_DIR = Path("models/kaggle")
 METRICS_FILE = Path("data/bundle_metrics.json")
+HEADLINE_FILE = Path("data/metrics/bundle.json")
 COMPETITION_TEST_IMAGES = 5506
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{1,48}[a-z0-9]")
 
@@ -320,6 +323,19 @@ def verify(folder: Path, params: BundleParams, prepared: Prepared) -> dict[str, 
     return metrics
 
 
+def bundle_headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of data/bundle_metrics.json; without `verify`, the bundle's size only."""
+    headline: dict[str, Any] = {"bundle_mb": metrics["bundle_mb"]}
+    if "predict" in metrics:
+        run = metrics["predict"]
+        headline.update(
+            predict_images_per_s=run["images_per_s"],
+            matches_submission=run["matches_submission"],  # 0/1 in the headline file
+            competition_estimate_s=run["competition_estimate_s"],
+        )
+    return headline
+
+
 def main() -> None:
     params = load_section(BundleParams, "bundle")
     prepared = load_prepared()
@@ -336,6 +352,7 @@ def main() -> None:
         if params.verify:
             metrics["predict"] = verify(folder, params, prepared)
     write_json(metrics, METRICS_FILE)
+    write_headline(bundle_headline(metrics), HEADLINE_FILE)
     check = ""
     if params.verify:
         run = metrics["predict"]

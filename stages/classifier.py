@@ -3,9 +3,10 @@
 allMissing = P(image has no defect of any class). With `head: multilabel` the classifier also gives one
 presence probability per defect class, p_k = P(class k is in the image). Outputs
 models/classifier/fold_<k>.pt (self-describing checkpoints), data/test_missing_count.csv (ImageId,
-allMissing [, p_1 ... p_K], averaged over the fold models), data/classifier_metrics.json and dvclive
-curves in data/live/classifier/. With `nproc_per_node` > 1 it runs under torchrun (stages.core.distributed):
-the processes share the training draws, the validation and the test images; rank 0 writes every output.
+allMissing [, p_1 ... p_K], averaged over the fold models), data/classifier_metrics.json (the detail), its
+headline figures data/metrics/classifier.json (the DVC metrics) and dvclive curves in data/live/classifier/.
+With `nproc_per_node` > 1 it runs under torchrun (stages.core.distributed): the processes share the
+training draws, the validation and the test images; rank 0 writes every output.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from stages.core import cli
 from stages.core.backends import BackendName, InferenceBackend
 from stages.core.device import Runtime, inference, resolve_runtime
 from stages.core.distributed import interleave, run_under_torchrun
+from stages.core.headline import write_headline
 from stages.core.images import ImageTable, build_augmentations, classifier_targets
 from stages.core.inference import classifier_probabilities
 from stages.core.io import atomic_path, write_csv, write_json
@@ -46,6 +48,8 @@ from stages.core.training import FoldTask, TrainParams, train_folds
 MODEL_DIR = Path("models/classifier")
 TEST_SCORES = Path("data/test_missing_count.csv")
 METRICS_FILE = Path("data/classifier_metrics.json")
+HEADLINE_FILE = Path("data/metrics/classifier.json")
+HEADLINE = ("val_auc", "val_loss", "val_accuracy", "train_images_per_s", "wall_time_s", "peak_memory_mb")
 LIVE_DIR = Path("data/live/classifier")
 
 
@@ -209,6 +213,7 @@ def main() -> None:
         "folds": fold_metrics,
     }
     write_json(metrics, METRICS_FILE)
+    write_headline({name: metrics[name] for name in HEADLINE}, HEADLINE_FILE)
     store.finish()
     print(
         f"classifier: {params.folds} fold model(s) of {params.backbone} ({params.head} head), val AUC "

@@ -11,16 +11,17 @@ candidates with the gate applied, so the search sees what the gate really lets t
 keeps included); with `tune_thresholds` (the default) the gate's own thresholds (image, or per class)
 are searched together with the rules, so that a defective image wiped is weighed against the false
 positives of the clean images kept. The chosen mode's submission is validated and written to
-data/submission.csv; data/eval.json (DVC metrics) holds, for every mode the classifier supports,
+data/submission.csv; data/eval.json (the detail) holds, for every mode the classifier supports,
 the Dice on the holdout images and, where the dataset ships test ground truth (test_truth.csv, as
-the synthetic one does), on the test images.
+the synthetic one does), on the test images; data/metrics/postprocess.json (the DVC metrics) its
+headline figures: the empty, U-Net alone and gated Dice (per class too, for the gated one).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ import pandas as pd
 from stages.core import cli
 from stages.core.dataset import parse_labels, read_csv, submission_frame, validate_submission
 from stages.core.errors import PipelineError
+from stages.core.headline import write_headline
 from stages.core.io import read_json, write_csv, write_json
 from stages.core.metric import DiceReport
 from stages.core.params import load_section, require
@@ -59,6 +61,7 @@ HOLDOUT_CANDIDATES = Path("data/holdout_candidates.csv")
 TEST_CANDIDATES = Path("data/test_candidates.csv")
 EVAL = Path("data/eval.json")
 RULES = Path("data/rules.json")
+HEADLINE_FILE = Path("data/metrics/postprocess.json")
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,26 @@ def run_mode(
     )
 
 
+def headline_figures(evaluation: dict[str, Any]) -> dict[str, object]:
+    """The headline figures of data/eval.json: the gate's image threshold (where the mode has one), then
+    per image set (holdout; test where its truth exists) the Dice of the all-empty prediction, of the
+    U-Net alone (gating none) and of the chosen mode, the chosen mode's per class too (suffix 1..K)."""
+    figures: dict[str, object] = {}
+    if evaluation["threshold"] is not None:
+        figures["threshold"] = evaluation["threshold"]
+    unet = evaluation["gating_modes"]["none"]
+    for images in ("holdout", "test"):
+        if images not in evaluation:
+            continue
+        gated = evaluation[images]["gated"]
+        figures[f"{images}_dice_empty"] = evaluation[images]["empty"]["mean_dice"]
+        figures[f"{images}_dice_unet"] = unet[images]["mean_dice"]
+        figures[f"{images}_dice_gated"] = gated["mean_dice"]
+        per_class = sorted(gated["per_class"].items(), key=lambda item: int(item[0]))
+        figures.update({f"{images}_dice_gated_{k}": dice for k, dice in per_class})
+    return figures
+
+
 def main() -> None:
     params = load_section(PostprocessParams, "postprocess")
     prepared = load_prepared()
@@ -331,6 +354,7 @@ def main() -> None:
             "gated": gating_modes[params.gating]["test"],
         }
     write_json(evaluation, EVAL)
+    write_headline(headline_figures(evaluation), HEADLINE_FILE)
     # What inference needs to reproduce the submission (the bundle, stages.predict): plain JSON.
     rules = {
         "gating": params.gating,

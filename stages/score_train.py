@@ -4,12 +4,14 @@ Each image is scored only by the fold model that validated on it (did not train 
 is chosen on honest scores. Images no fold model held out (when fewer folds were trained than
 prepared) are scored by the average of all models and flagged out_of_fold = False.
 Output data/train_missing_count.csv: ImageId, allMissing, has_defect, fold, out_of_fold, and with a
-multilabel classifier p_1 ... p_K (each class's presence probability, out-of-fold in the same way).
+multilabel classifier p_1 ... p_K (each class's presence probability, out-of-fold in the same way);
+data/metrics/score_train.json (DVC metrics): images scored per second, wall time, peak memory.
 With `nproc_per_node` > 1 it runs under torchrun: each process scores its share of the images, rank 0 writes.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from stages.core.backends import BackendName, InferenceBackend
 from stages.core.device import resolve_runtime
 from stages.core.distributed import run_under_torchrun
 from stages.core.errors import PipelineError
+from stages.core.headline import write_headline
 from stages.core.inference import classifier_probabilities
 from stages.core.io import write_csv
 from stages.core.models import load_classifier
@@ -29,6 +32,7 @@ from stages.core.prepared import load_prepared
 
 MODEL_DIR = Path("models/classifier")
 OUTPUT = Path("data/train_missing_count.csv")
+HEADLINE_FILE = Path("data/metrics/score_train.json")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ def main() -> None:
     run_under_torchrun("stages.score_train", params.nproc_per_node, "score_train.nproc_per_node")
     prepared = load_prepared()
     runtime = resolve_runtime(params.device, params.mixed_precision, "score_train.device")
+    # Timed as classifier and segment time themselves: from the runtime on, peak memory of the process
+    # (of the GPU on CUDA).
+    started = time.perf_counter()
+    runtime.reset_peak_memory()
     paths = sorted(MODEL_DIR.glob("fold_*.pt"))
     if not paths:
         raise PipelineError(f"{MODEL_DIR}: no fold_*.pt checkpoints; run `dvc repro classifier` first")
@@ -66,6 +74,7 @@ def main() -> None:
     backend = InferenceBackend(params.inference_backend, "score_train.inference_backend")
     train = prepared.train
     scores = np.full((len(train), columns.pop()), np.nan)
+    scoring = time.perf_counter()
     out_of_fold = np.zeros(len(train), dtype=bool)
     for model, checkpoint in loaded:
         rows = np.flatnonzero(train["fold"].to_numpy() == checkpoint["val_fold"])
@@ -95,6 +104,7 @@ def main() -> None:
             params.num_workers,
             backend,
         )
+    scoring_seconds = time.perf_counter() - scoring
     if not runtime.group.is_main:
         return
     table = pd.DataFrame(
@@ -109,7 +119,16 @@ def main() -> None:
     for k in range(1, scores.shape[1]):
         table[f"p_{k}"] = scores[:, k]
     write_csv(table, OUTPUT)
-    print(f"score_train: {len(table)} train images scored, {int(out_of_fold.sum())} out-of-fold -> {OUTPUT}")
+    timing = {
+        "images_per_s": round(len(train) / scoring_seconds, 2) if scoring_seconds else None,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "peak_memory_mb": round(runtime.peak_memory_mb(), 1),
+    }
+    write_headline(timing, HEADLINE_FILE)
+    print(
+        f"score_train: {len(table)} train images scored, {int(out_of_fold.sum())} out-of-fold -> {OUTPUT}; "
+        f"{timing['images_per_s']} images/s, {timing['wall_time_s']} s"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ without gating. Writes:
                                    (non-empty masks only)
   data/submission_raw.csv          the U-Net alone with its ungated rules, in the sample's format
   data/segment_metrics.json        validation Dice per class, chosen rules, timing and memory
+  data/metrics/segment.json        its headline figures (the DVC metrics)
   data/plots/segment/holdout_*.png a few holdout images, truth vs prediction per class
 With `nproc_per_node` > 1 it runs under torchrun (stages.core.distributed): the processes share the training
 draws and the validation, holdout and test images; rank 0 gathers the predictions by image and writes every
@@ -45,6 +46,7 @@ from stages.core.dataset import SubmissionWriter
 from stages.core.device import Runtime, inference, resolve_runtime
 from stages.core.distributed import run_under_torchrun
 from stages.core.errors import PipelineError
+from stages.core.headline import write_headline
 from stages.core.images import CropSpec, ImageTable, build_augmentations, decode_masks, read_image
 from stages.core.inference import predict_probabilities
 from stages.core.inference_ops import class_mask
@@ -69,6 +71,16 @@ SUBMISSION_RAW = Path("data/submission_raw.csv")
 HOLDOUT_CANDIDATES = Path("data/holdout_candidates.csv")
 TEST_CANDIDATES = Path("data/test_candidates.csv")
 METRICS_FILE = Path("data/segment_metrics.json")
+HEADLINE_FILE = Path("data/metrics/segment.json")
+HEADLINE = (
+    "holdout_dice",
+    "val_dice",
+    "val_loss",
+    "train_images_per_s",
+    "test_images_per_s",
+    "wall_time_s",
+    "peak_memory_mb",
+)
 LIVE_DIR = Path("data/live/segment")
 PLOTS_DIR = Path("data/plots/segment")
 
@@ -487,6 +499,7 @@ def main() -> None:
         "folds": fold_metrics,
     }
     write_json(metrics, METRICS_FILE)
+    write_headline({name: metrics[name] for name in HEADLINE}, HEADLINE_FILE)
     store.finish()
     rule_text = ", ".join(f"{k + 1}: {rule.describe()}" for k, rule in enumerate(rules))
     holdout_text = f"{metrics['holdout_dice']:.4f}" if metrics["holdout_dice"] is not None else "n/a"

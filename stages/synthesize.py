@@ -2,7 +2,7 @@
 
 data/synthetic/ gets train.csv (new format, or old via a param), train_images/, test_images/,
 sample_submission.csv (same format as train.csv) and test_truth.csv (every test pair, for stages.score;
-no training stage reads it). data/synthetic_stats.json holds the dataset statistics as DVC metrics.
+no training stage reads it). data/synthetic_stats.json holds the dataset statistics (a plain output).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Objectives: dice (the competition Dice that gating alone gives), f1 (of detectin
 recall_at_precision (highest recall of defective images with precision >= min_precision), youden
 (TPR - FPR). With a multilabel classifier it also picks one presence threshold per class (class k is
 wiped where p_k < its threshold), maximising the Dice that gating that class alone gives on its (image,
-class) pairs. Outputs data/threshold.json (DVC metrics; per-class thresholds under `per_class`) and the
-plots in data/plots/threshold/.
+class) pairs. Outputs data/threshold.json (the detail; per-class thresholds under `per_class`), its headline
+figures data/metrics/threshold.json (the DVC metrics) and the plots in data/plots/threshold/.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 
 from stages.core import cli
 from stages.core.errors import PipelineError
+from stages.core.headline import write_headline
 from stages.core.io import atomic_path, write_json
 from stages.core.params import load_section, require
 from stages.core.prepared import load_prepared
@@ -36,6 +37,8 @@ from stages.core.thresholds import (
 
 SCORES = Path("data/train_missing_count.csv")
 OUTPUT = Path("data/threshold.json")
+HEADLINE_FILE = Path("data/metrics/threshold.json")
+HEADLINE = ("threshold", "auc", "gating_dice", "all_empty_dice")
 PLOTS_DIR = Path("data/plots/threshold")
 
 
@@ -124,6 +127,7 @@ def main() -> None:
             for k in range(1, prepared.num_classes + 1)
         }
     write_json(result, OUTPUT)
+    write_headline({name: result[name] for name in HEADLINE}, HEADLINE_FILE)
 
     with atomic_path(PLOTS_DIR, directory=True) as folder:
         pd.DataFrame({"threshold": thresholds, "objective": values}).replace(-np.inf, np.nan).to_csv(
