@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test lint dag metrics metrics-diff exps report clean-venv real
+.PHONY: install repro test lint dag metrics metrics-diff exps report seeds seeds-table clean-venv real
 
 install: $(STAMP)
 
@@ -74,3 +74,29 @@ real: $(STAMP)
 	  -S classifier.nproc_per_node=$(GPUS) -S score_train.nproc_per_node=$(GPUS) \
 	  -S segment.nproc_per_node=$(GPUS) \
 	  -S bundle.device=auto
+
+# Repeated seeds (README "Repeated seeds"): make seeds N=5 [FROM=1] queues the experiments seed-FROM ..
+# seed-<FROM+N-1>, each setting every param of SEED_PARAMS to its number, runs the whole queue (JOBS at a
+# time) and prints the table of every finished seed-* experiment of this commit; make seeds-table only prints it.
+# TARGETS: the stages to run up to (dvc exp run targets; default: the whole DAG), e.g. postprocess to skip the
+# Kaggle bundle per seed. SEEDS_ARGS: more options of `python -m stages.seeds` (--metric FILE:KEY, --json).
+N ?= 5
+FROM ?= 1
+JOBS ?= 1
+SEED_PARAMS ?= classifier.seed segment.seed
+SEED_NAME ?= seed
+TARGETS ?=
+SEEDS_ARGS ?=
+SEEDS_TABLE = $(BIN)/python -m stages.seeds --name '$(SEED_NAME)-*' $(SEEDS_ARGS)
+seeds: $(STAMP)
+	@case "$(N):$(FROM):$(JOBS)" in *[!0-9:]*|:*|*::*|*:) \
+	  echo "error: N, FROM and JOBS must be whole numbers, got N=$(N) FROM=$(FROM) JOBS=$(JOBS)" >&2; exit 2;; esac
+	@test $(N) -ge 1 || { echo "error: N must be at least 1, got $(N)" >&2; exit 2; }
+	@set -e; for seed in $$(seq $(FROM) $$(($(FROM) + $(N) - 1))); do \
+	  $(BIN)/dvc exp run --queue -n $(SEED_NAME)-$$seed $(foreach param,$(SEED_PARAMS),-S $(param)=$$seed) $(TARGETS); \
+	done
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run --run-all --jobs $(JOBS)
+	$(SEEDS_TABLE)
+
+seeds-table: $(STAMP)
+	$(SEEDS_TABLE)
