@@ -22,6 +22,7 @@ STAGES = (
     "threshold",
     "segment",
     "postprocess",
+    "inspect",
     "bundle",
 )
 

@@ -124,7 +124,8 @@ def test_multilabel_head_per_class_thresholds_and_class_gating(repo: Path) -> No
     with params_overridden(repo, {"classifier": {**CLASSIFIER, "head": "multilabel"}}, restore=()):
         output = run(repo, "dvc", "repro").stdout
         reran = {stage for stage in stages if f"Running stage '{stage}'" in output}
-        assert reran == {"classifier", "score_train", "threshold", "postprocess", "bundle"}  # not the U-Net
+        # Not the U-Net.
+        assert reran == {"classifier", "score_train", "threshold", "postprocess", "inspect", "bundle"}
         presence = [f"p_{k}" for k in range(1, 5)]
         test_scores = pd.read_csv(repo / "data/test_missing_count.csv")
         assert list(test_scores.columns) == ["ImageId", "allMissing", *presence]
@@ -156,6 +157,7 @@ def test_multilabel_head_per_class_thresholds_and_class_gating(repo: Path) -> No
             output = run(repo, "dvc", "repro").stdout
             assert {stage for stage in stages if f"Running stage '{stage}'" in output} == {
                 "postprocess",
+                "inspect",
                 "bundle",
             }
             evaluation = json.loads((repo / "data/eval.json").read_text())
@@ -174,5 +176,33 @@ def test_multilabel_head_per_class_thresholds_and_class_gating(repo: Path) -> No
             # The Kaggle bundle gates per class alike: predict.py rewrites this submission.
             bundle = json.loads((repo / "data/bundle_metrics.json").read_text())
             assert bundle["gating"] == "class" and bundle["predict"]["matches_submission"] is True
+            # Stage inspect counts the class gate's errors per (image, class) pair: its per-class confusion
+            # files hold the gate's verdict p_k >= the class threshold on every holdout image.
+            rules = json.loads((repo / "data/rules.json").read_text())
+            holdout = pd.read_csv(repo / "data/holdout_candidates.csv", dtype={"ImageId": str})[
+                "ImageId"
+            ].unique()
+            oof_scores = train_scores.set_index("ImageId")
+            wiped_present = kept_absent = 0
+            for k in range(1, 5):
+                frame = pd.read_csv(repo / f"data/plots/inspect/class_gate_confusion/class_{k}.csv")
+                assert sorted(frame["ImageId"]) == sorted(holdout)
+                gated = (
+                    oof_scores.loc[frame["ImageId"], f"p_{k}"].to_numpy() >= rules["class_thresholds"][k - 1]
+                )
+                assert ((frame["predicted"] == "present").to_numpy() == gated).all()
+                wiped_present += int(
+                    ((frame["actual"] == "present") & (frame["predicted"] == "absent")).sum()
+                )
+                kept_absent += int(((frame["actual"] == "absent") & (frame["predicted"] == "present")).sum())
+            inspected = json.loads((repo / "data/metrics/inspect.json").read_text())
+            assert (inspected["gate_wiped_defective"], inspected["gate_kept_clean"]) == (
+                wiped_present,
+                kept_absent,
+            )
+            detail = json.loads((repo / "data/inspect.json").read_text())
+            assert detail["gating"] == "class" and detail["gate"]["unit"] == "pair"
+            pictures = len(list((repo / "data/plots/inspect/gate/kept_clean").glob("*_class*.png")))
+            assert pictures == min(kept_absent, DAG_PARAMS["inspect"]["gallery_images"])
     # Back to the binary head: the session's outputs come back from DVC's run-cache, nothing retrains.
     assert (repo / "data/train_missing_count.csv").read_text() == before

@@ -167,19 +167,20 @@ def test_holdout_plots(dag_repo: Path) -> None:
     assert all(plot.name.startswith("holdout_") for plot in plots)
 
 
-def test_postprocess_param_reruns_only_postprocess_and_the_bundle(dag_repo: Path) -> None:
+def test_postprocess_param_reruns_only_postprocess_inspect_and_the_bundle(dag_repo: Path) -> None:
     with params_overridden(dag_repo, {"postprocess": {"threshold": 0.0}}, restore=()):
         started = time.perf_counter()
         output = run(dag_repo, "dvc", "repro").stdout
         seconds = time.perf_counter() - started
-        # The bundle packs postprocess's gate and rules, so it follows.
+        # The bundle packs postprocess's gate and rules, and inspect draws that gate's errors: both follow.
         assert updated(output) == [
             "postprocess",
+            "inspect",
             "bundle",
         ]
         # Threshold 0 wipes every image: the submission is all empty.
         assert (read_pairs(dag_repo / "data/submission.csv") == "").all()
-    print(f"postprocess + bundle rerun: {seconds:.1f} s")
+    print(f"postprocess + inspect + bundle rerun: {seconds:.1f} s")
 
 
 def test_broken_raw_submission_is_rejected(dag_repo: Path) -> None:
@@ -203,9 +204,10 @@ def test_gate_threshold_is_tuned_or_the_threshold_stages(dag_repo: Path) -> None
     rules = (dag_repo / "data/rules.json").read_text()
     with params_overridden(dag_repo, {"postprocess": {"tune_thresholds": False}}, restore=()):
         output = run(dag_repo, "dvc", "repro").stdout
-        # The bundle packs rules.json: it follows only if the stage's threshold gave other rules or gate.
+        # The bundle and inspect read rules.json: they follow only if the stage's threshold gave other rules
+        # or gate.
         changed = (dag_repo / "data/rules.json").read_text() != rules
-        assert updated(output) == ["postprocess", "bundle"] if changed else ["postprocess"]
+        assert updated(output) == ["postprocess", "inspect", "bundle"] if changed else ["postprocess"]
         fixed = json.loads((dag_repo / "data/eval.json").read_text())
         assert fixed["thresholds_from"] == "stage" and fixed["threshold"] == stage
         scores = pd.read_csv(dag_repo / "data/test_missing_count.csv").set_index("ImageId")["allMissing"]
