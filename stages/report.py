@@ -49,11 +49,11 @@ DVC_YAML = Path("dvc.yaml")
 PARAMS = Path("params.yaml")
 # README pictures: file name -> the first plot whose id contains this text.
 DOCS_PICTURES: dict[str, str] = {
-    "gate_errors.png": "gate_errors",
-    "seg_errors.png": "seg_errors",
-    "pca.png": "PCA",
+    "gate_confusion.png": "Gate on the holdout images",
+    "gate_error.png": "data/plots/inspect/gate/",
+    "lowest_dice_class_3.png": "data/plots/inspect/dice/class_3/",
+    "embeddings_pca.png": "PCA",
     "segment_dice.png": "data/live/segment/plots/metrics/fold_0/dice.tsv",
-    "threshold_sweep.png": "Threshold objective",
 }
 DOCS_WIDTH_PX = 800
 

@@ -20,11 +20,11 @@ from typing import Any
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("allMissing classifier: training curves", r"^data/live/classifier/"),
     ("allMissing classifier and threshold (out-of-fold)", r"allMissing|ROC|Precision-recall|[Tt]hreshold"),
-    ("Gate: confusion and errors", r"[Gg]ate|confusion"),
-    ("Embeddings of the classifier", r"PCA|pca|[Ee]mbedding"),
+    ("Gate on the holdout images: confusion, errors worst first", r"^data/plots/inspect/gate/|[Gg]ate on"),
+    ("Embeddings: the classifier's features", r"PCA"),
     ("U-Net: training curves", r"^data/live/segment/"),
-    ("U-Net: lowest Dice per class, truth vs prediction", r"seg_errors|[Ll]owest"),
-    ("U-Net: holdout images, truth vs prediction", r"^data/plots/segment/"),
+    ("U-Net: lowest Dice per class on the holdout images, truth vs prediction", r"^data/plots/inspect/dice/"),
+    ("U-Net: a few holdout images, truth vs prediction", r"^data/plots/segment/"),
 )
 OTHER_SECTION = "Other plots"
 
@@ -78,11 +78,14 @@ def section_of(plot_id: str) -> str:
 
 
 def grouped(plots: Sequence[Plot]) -> list[tuple[str, list[Plot]]]:
-    """Plots by section in SECTIONS order (then Other plots), each section keeping DVC's order."""
+    """Plots by section in SECTIONS order (then Other plots): in each, the vega plots in DVC's order, then
+    the images by path (a gallery's files are named by rank, worst first)."""
     order = [title for title, _ in SECTIONS] + [OTHER_SECTION]
     sections: dict[str, list[Plot]] = {title: [] for title in order}
     for plot in plots:
         sections[section_of(plot.plot_id)].append(plot)
+    for found in sections.values():
+        found.sort(key=lambda plot: (plot.image_path is not None, plot.plot_id if plot.image_path else ""))
     return [(title, found) for title, found in sections.items() if found]
 
 
@@ -197,7 +200,13 @@ def data_uri(content: bytes, suffix: str) -> str:
 
 
 def image_caption(plot_id: str) -> str:
-    return plot_id.rsplit("/", 1)[-1]
+    """An image plot's path without the folder every plot shares: gate/wiped_defective/01_x.png."""
+    return plot_id.removeprefix("data/plots/")
+
+
+def gallery(plot: Plot) -> str | None:
+    """The folder an image plot belongs to (its gallery), None for a vega plot."""
+    return image_caption(plot.plot_id).rsplit("/", 1)[0] if plot.image_path is not None else None
 
 
 def render_table(table: Table) -> str:
