@@ -142,6 +142,23 @@ def test_page_is_self_contained_and_a_title_cannot_end_its_script() -> None:
     assert not re.search(r'src="(?!data:)', text)
 
 
+def test_each_gallery_gets_its_heading_and_images_keep_rank_order() -> None:
+    plots = [
+        Plot("data/plots/inspect/gate/wiped_defective/02_b.png", image_path="/b.png"),
+        Plot("Gate on the holdout images (actual vs the gate's verdict)", spec={}),
+        Plot("data/plots/inspect/gate/kept_clean/01_c.png", image_path="/c.png"),
+        Plot("data/plots/inspect/gate/wiped_defective/01_a.png", image_path="/a.png"),
+    ]
+    text = render_page(Page("run", [], [], plots), "", lambda path: b"")
+    order = [text.index(name) for name in ("gate/kept_clean/01_c", "gate/wiped_defective/01_a", "02_b")]
+    assert order == sorted(order)
+    assert (
+        text.count("<h4>inspect/gate/wiped_defective</h4>") == 1
+        and text.count("<h4>inspect/gate/kept_clean</h4>") == 1
+    )
+    assert text.index("vegaEmbed(") < order[0]  # the confusion matrix heads its section
+
+
 @pytest.fixture(scope="module")
 def report(dag_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     out = tmp_path_factory.mktemp("report")

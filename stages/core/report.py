@@ -256,11 +256,17 @@ def render_page(page: Page, vega_bundle: str, read_image: Callable[[str], bytes]
     parts += [render_table(table) for table in page.tables]
     index = 0
     for title, plots in grouped(page.plots):
-        rendered = []
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        # One flex row per gallery (image folder), headed by its folder; vega plots share the first row.
+        rows: list[tuple[str | None, list[str]]] = []
         for plot in plots:
-            rendered.append(render_plot(plot, index, read_image))
+            if not rows or gallery(plot) != rows[-1][0]:
+                rows.append((gallery(plot), []))
+            rows[-1][1].append(render_plot(plot, index, read_image))
             index += 1
-        parts.append(f'<h2>{html.escape(title)}</h2><div class="plots">{"".join(rendered)}</div>')
+        for folder, rendered in rows:
+            heading = f"<h4>{html.escape(folder)}</h4>" if folder else ""
+            parts.append(f'{heading}<div class="plots">{"".join(rendered)}</div>')
     # The bundle defines window.vegaEmbed; "</script" inside it would end the element.
     script = vega_bundle.replace("</script", "<\\/script")
     return (
