@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import cv2
 import yaml
 
 from stages.core import cli
+from stages.core.dvc_command import dvc_output
 from stages.core.errors import PipelineError
 from stages.core.io import atomic_path, read_json
 from stages.core.postprocess import OFF_MIN_AREA_PX
@@ -56,18 +56,6 @@ DOCS_PICTURES: dict[str, str] = {
     "segment_dice.png": "data/live/segment/plots/metrics/fold_0/dice.tsv",
 }
 DOCS_WIDTH_PX = 800
-
-
-def dvc(*args: str) -> str:
-    """Output of a dvc command run by this interpreter's dvc (the venv's), analytics off."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PipelineError(f"`dvc {' '.join(args)}` failed: {last}")
-    return done.stdout
 
 
 def git(*args: str) -> str:
@@ -110,8 +98,7 @@ def facts(params: dict[str, Any], evaluation: dict[str, Any]) -> list[tuple[str,
     ]
 
 
-def build_page(plots: list[Plot]) -> Page:
-    evaluation = read_json(EVAL, "run `dvc repro` first")
+def build_page(plots: list[Plot], evaluation: dict[str, Any]) -> Page:
     params = yaml.safe_load(PARAMS.read_text()) or {}
     metrics = stage_metrics()
     tables = [
@@ -171,11 +158,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("report/index.html"), help="the HTML file to write")
     parser.add_argument("--docs", type=Path, help="also write the README's pictures into this folder")
     args = parser.parse_args()
-    read_json(EVAL, "run `dvc repro` first")  # before the slow part: a run must exist
+    evaluation = read_json(EVAL, "run `dvc repro` first")  # before the slow part: a run must exist
     with tempfile.TemporaryDirectory() as folder:
         # -o: DVC copies the image plots there (the JSON names them by absolute path).
-        plots = parse_plots(json.loads(dvc("plots", "show", "--json", "-o", folder)))
-        page = build_page(plots)
+        try:
+            plots = parse_plots(json.loads(dvc_output("plots", "show", "--json", "-o", folder)))
+        except ValueError as error:  # not JSON, or not the shape DVC 3 prints
+            raise PipelineError(f"`dvc plots show --json`: unexpected output ({error})") from None
+        page = build_page(plots, evaluation)
         text = render_page(page, vega_bundle(), lambda path: Path(path).read_bytes())
         with atomic_path(args.out) as tmp:
             tmp.write_text(text, encoding="utf-8")

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from stages.core import cli
+from stages.core.dvc_command import dvc_output
 from stages.core.errors import PipelineError
 from stages.core.experiments import (
     RUN_TOTALS,
@@ -56,12 +56,7 @@ def read_exp_show(source: str | None) -> tuple[str, str]:
             return source, Path(source).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise PipelineError(f"{source}: cannot read ({error})") from None
-    # This interpreter's dvc: the project's venv, whatever PATH says.
-    result = subprocess.run([sys.executable, "-m", "dvc", *EXP_SHOW], capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise PipelineError(f"`dvc {' '.join(EXP_SHOW)}` failed: {lines[-1] if lines else result.returncode}")
-    return f"`dvc {' '.join(EXP_SHOW)}`", result.stdout
+    return f"`dvc {' '.join(EXP_SHOW)}`", dvc_output(*EXP_SHOW)
 
 
 def main() -> None:
